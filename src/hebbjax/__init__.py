@@ -1,0 +1,3 @@
+"""hebbjax: Hebbian deep learning in JAX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,286 @@
+"""Structured configs: the schema Hydra validates every run against before any compute.
+
+A network is a list of blocks, each readable at a glance, e.g. SoftHebb's first CIFAR block::
+
+    {layer: conv, channels: 96, kernel: 5, padding: 2, rule: softhebb, t_invert: 1.0,
+     lr: 0.08, lr_power: 0.5, activation: triangle(0.7), pool: max(4,2,1)}
+
+Block order (SoftHebb's ``BasicBlock``): input norm -> dropout -> linear layer -> activation -> pool
+-> post-pool activation. Activation and pool specs are strings ``name(args)`` parsed by
+:func:`parse_activation` / :func:`parse_pool`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+ACTIVATIONS = {
+    # name: (number of parameters, default parameter)
+    "none": 0, "relu": 0, "hard": 0,
+    "triangle": 1,  # relu(u - mean_c u) ** power           (Coates 2011; SoftHebb)
+    "repu": 1,  # relu(u) ** power
+    "softmax": 1,  # softmax(t_invert * u) over channels
+    "exp": 1, "tanh": 1, "sigmoid": 1,
+}
+POOLS = ("max", "avg", "sum")
+RULE_NAMES = ("hebb", "instar", "oja", "softhebb", "soft_wta", "hard_wta", "krotov", "sparse_topk")
+TRAINABILITY = RULE_NAMES + ("bp", "none")
+
+
+@dataclass
+class BlockConfig:
+    """One block of a network. ``rule``: a Hebbian rule name, ``bp`` (trained by backprop with the
+    readout) or ``none`` (frozen at its initialisation)."""
+
+    layer: str = "conv"  # conv | dense
+    channels: int = MISSING
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    padding_mode: str = "reflect"  # zeros | reflect | replicate | circular
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = False
+    neuron: str = "linear"  # linear: u = w.x ; log_weight: u = x.log(w) (Holca-Lamarre, positive weights)
+    # input normalisation of the block: batchnorm (affine-free, SoftHebb) | standardize (per sample,
+    # Miconi) | patch_sum (each patch scaled to sum to patch_sum_to, Holca-Lamarre) | none
+    input_norm: str = "batchnorm"
+    patch_sum_to: float = 900.0
+    dropout: float = 0.0  # on the block input
+    # plasticity
+    rule: str = "softhebb"
+    t_invert: float = 1.0  # softhebb / soft_wta inverse temperature (plasticity only)
+    rank: int = 2  # krotov
+    delta: float = 0.4  # krotov
+    k: int = 1  # sparse_topk
+    homeostasis_rate: float = 3.0  # sparse_topk
+    threshold_in_output: bool = True  # sparse_topk: propagate u - theta (Miconi's triangle of u - theta)
+    lr: float = 0.01
+    lr_schedule: str = "norm"  # norm: lr * (| |w| - 1 | + 1e-10) ** lr_power (SoftHebb) | constant | linear_decay
+    lr_power: float = 0.5
+    normalize_step: bool = True  # divide each step by max |dw| (SoftHebb)
+    unit_norm: bool = False  # renormalise every neuron to norm 1 after each step (Miconi)
+    prune: float = 0.0  # probability that a weight is removed by a fixed random mask (Miconi)
+    positive: bool = False  # keep weights > 0 (Holca-Lamarre)
+    # initialisation: radius (SoftHebb: normal with norm ~radius after BN, uniform otherwise) |
+    # unit (Miconi: normal, unit norm) | positive (Holca-Lamarre: U[0,1) + init_offset)
+    init: str = "radius"
+    radius: float = 25.0
+    init_offset: float = 0.0
+    pre_triangle: bool = False  # u <- triangle(u) before competition and output (SoftHebb e1)
+    activation: str = "triangle(1)"
+    pool: Optional[str] = None  # e.g. max(4,2,1) = kernel 4, stride 2, padding 1
+    post_pool_activation: Optional[str] = None
+    flatten: bool = False  # flatten the block's output (before a dense block)
+
+
+@dataclass
+class ModelConfig:
+    blocks: list[BlockConfig] = field(default_factory=list)
+    classifier_dropout: float = 0.5
+    name: str = "network"
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    dir: Optional[str] = None  # offline archives: one folder per dataset (also $HEBBJAX_DATA_DIR)
+    validation: bool = False  # evaluate on a seeded 20% of train instead of the test split
+    augment: list[str] = field(default_factory=list)  # readout/BP augmentation: crop, flip, noise, resized_crop
+    limit_train: Optional[int] = None  # use only the first N training samples (quick runs)
+
+
+@dataclass
+class TrainingConfig:
+    method: str = "hebbian"  # hebbian | bp (same architecture end to end) | random (untrained blocks)
+    mode: str = "successive"  # successive | consecutive | simultaneous
+    unsup_epochs: int = 1
+    unsup_batch_size: int = 10
+    readout_epochs: int = 50
+    readout_batch_size: int = 64
+    readout_lr: float = 1e-3
+    readout_schedule: str = "halving"  # halving (SoftHebb's CustomStepLR) | constant
+    eval_batch_size: int = 1000
+    steps_per_chunk: int = 100  # optimisation steps per jit call (lax.scan)
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    wandb: str = "disabled"  # disabled | offline | online
+    wandb_project: str = "hebbjax"
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the offending key."""
+
+
+_SPEC = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([^()]*)\s*\))?\s*$")
+
+
+def _parse_spec(key: str, spec: str) -> tuple[str, list[float]]:
+    m = _SPEC.match(str(spec))
+    if not m:
+        raise ConfigError(f"{key}: cannot parse {spec!r}; expected name or name(arg, ...)")
+    args = [a.strip() for a in m.group(2).split(",")] if m.group(2) else []
+    try:
+        return m.group(1), [float(a) for a in args]
+    except ValueError:
+        raise ConfigError(f"{key}: arguments of {spec!r} must be numbers") from None
+
+
+def parse_activation(spec: str | None, key: str = "activation") -> tuple[str, float]:
+    """``"triangle(0.7)" -> ("triangle", 0.7)``; defaults: power/t/beta 1."""
+    if spec is None:
+        return "none", 1.0
+    name, args = _parse_spec(key, spec)
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{key}: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    if len(args) > ACTIVATIONS[name]:
+        raise ConfigError(f"{key}: {name} takes {ACTIVATIONS[name]} argument(s), got {spec!r}")
+    return name, (args[0] if args else 1.0)
+
+
+def parse_pool(spec: str | None, key: str = "pool") -> tuple[str, int, int, int] | None:
+    """``"max(4,2,1)" -> ("max", kernel 4, stride 2, padding 1)``; stride defaults to kernel, padding to 0."""
+    if spec is None or str(spec).lower() in ("none", "null", ""):
+        return None
+    name, args = _parse_spec(key, spec)
+    if name not in POOLS:
+        raise ConfigError(f"{key}: unknown pool {name!r}; expected one of {POOLS}")
+    if not 1 <= len(args) <= 3 or any(a != int(a) or a < 0 for a in args):
+        raise ConfigError(f"{key}: expected {name}(kernel[, stride[, padding]]) with non-negative ints, got {spec!r}")
+    k = int(args[0])
+    s = int(args[1]) if len(args) > 1 else k
+    p = int(args[2]) if len(args) > 2 else 0
+    return name, k, s, p
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """PyTorch/SoftHebb's ``floor((W + 2p - d(k-1) - 1) / s) + 1``."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}: expected one of {list(options)}, got {value!r}")
+
+
+def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Chain shapes through the blocks (``input_shape`` = (H, W, C) or (features,)), validating every
+    field; return each block's output shape. Raises :class:`ConfigError` naming ``model.blocks[i].key``."""
+    shape = tuple(input_shape)
+    shapes = []
+    if not blocks:
+        raise ConfigError("model.blocks: expected at least one block")
+    for i, b in enumerate(blocks):
+        key = f"model.blocks[{i}]"
+        _choice(f"{key}.layer", b.layer, ("conv", "dense"))
+        _choice(f"{key}.rule", b.rule, TRAINABILITY)
+        _choice(f"{key}.neuron", b.neuron, ("linear", "log_weight"))
+        _choice(f"{key}.input_norm", b.input_norm, ("batchnorm", "standardize", "patch_sum", "none"))
+        _choice(f"{key}.padding_mode", b.padding_mode, ("zeros", "reflect", "replicate", "circular"))
+        _choice(f"{key}.lr_schedule", b.lr_schedule, ("norm", "constant", "linear_decay"))
+        _choice(f"{key}.init", b.init, ("radius", "unit", "positive"))
+        for name in ("channels", "kernel", "stride", "dilation", "groups"):
+            if getattr(b, name) < 1:
+                raise ConfigError(f"{key}.{name}: expected a positive integer, got {getattr(b, name)}")
+        if b.padding < 0:
+            raise ConfigError(f"{key}.padding: expected >= 0, got {b.padding}")
+        if not 0.0 <= b.dropout < 1.0 or not 0.0 <= b.prune < 1.0:
+            raise ConfigError(f"{key}.dropout/prune: expected a probability in [0, 1)")
+        if b.rule == "krotov" and not 2 <= b.rank <= b.channels:
+            raise ConfigError(f"{key}.rank: expected 2 <= rank <= channels ({b.channels}), got {b.rank}")
+        if b.rule == "sparse_topk" and not 1 <= b.k <= b.channels:
+            raise ConfigError(f"{key}.k: expected 1 <= k <= channels ({b.channels}), got {b.k}")
+        if b.neuron == "log_weight" and b.init != "positive":
+            raise ConfigError(f"{key}.init: log_weight neurons need positive weights, set init: positive")
+        parse_activation(b.activation, f"{key}.activation")
+        parse_activation(b.post_pool_activation, f"{key}.post_pool_activation")
+        if b.layer == "conv":
+            if len(shape) != 3:
+                raise ConfigError(f"{key}.layer: a conv block needs an (H, W, C) input, got shape {shape}; flatten only after the last conv")
+            h, w, c = shape
+            if c % b.groups or b.channels % b.groups:
+                raise ConfigError(f"{key}.groups: {b.groups} must divide input channels {c} and channels {b.channels}")
+            if b.padding_mode == "reflect" and b.padding >= min(h, w):
+                raise ConfigError(f"{key}.padding: reflect padding {b.padding} needs inputs larger than it, got {h}x{w}")
+            h, w = (conv_out(s, b.kernel, b.stride, b.padding, b.dilation) for s in (h, w))
+            if h < 1 or w < 1:
+                raise ConfigError(f"{key}.kernel: kernel {b.kernel} (dilation {b.dilation}) does not fit the {shape[0]}x{shape[1]} input with padding {b.padding}")
+            shape = (h, w, b.channels)
+        else:
+            if b.input_norm == "patch_sum":
+                raise ConfigError(f"{key}.input_norm: patch_sum applies to conv blocks")
+            shape = (*shape[:-1], b.channels)
+        pool = parse_pool(b.pool, f"{key}.pool")
+        if pool is not None:
+            if len(shape) != 3:
+                raise ConfigError(f"{key}.pool: pooling needs an (H, W, C) output, got {shape}")
+            _, k, s, p = pool
+            if 2 * p > k:
+                raise ConfigError(f"{key}.pool: padding {p} must be at most half the kernel {k}")
+            h, w = (conv_out(x, k, s, p) for x in shape[:2])
+            if h < 1 or w < 1:
+                raise ConfigError(f"{key}.pool: {b.pool} does not fit the {shape[0]}x{shape[1]} feature map")
+            shape = (h, w, shape[2])
+        if b.flatten:
+            shape = (int(_prod(shape)),)
+        shapes.append(shape)
+    return shapes
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Validate a whole (resolved, typed) config; returns the block output shapes."""
+    t = cfg.training
+    _choice("training.method", t.method, ("hebbian", "bp", "random"))
+    _choice("training.mode", t.mode, ("successive", "consecutive", "simultaneous"))
+    _choice("training.readout_schedule", t.readout_schedule, ("halving", "constant"))
+    _choice("logging.wandb", cfg.logging.wandb, ("disabled", "offline", "online"))
+    for name in ("unsup_batch_size", "readout_batch_size", "eval_batch_size", "steps_per_chunk"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"training.{name}: expected a positive integer, got {getattr(t, name)}")
+    for name in ("unsup_epochs", "readout_epochs"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"training.{name}: expected >= 0, got {getattr(t, name)}")
+    if not 0.0 <= cfg.model.classifier_dropout < 1.0:
+        raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
+    return check_blocks(list(cfg.model.blocks), input_shape)
+
+
+def to_dataclass(cfg: Any) -> Config:
+    """An OmegaConf config (validated against :class:`Config`) -> plain frozen-free dataclasses."""
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):
+        raise ConfigError(f"expected a config of type Config, got {type(obj).__name__}")
+    return obj
+
+
+def replace_blocks(cfg: Config, **changes: Any) -> Config:
+    """A copy of ``cfg`` whose every block has ``changes`` applied (e.g. ``rule="bp"``)."""
+    blocks = [dataclasses.replace(b, **changes) for b in cfg.model.blocks]
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=blocks))

@@ -1,0 +1,177 @@
+"""Image encoding and decoding on the host, without TensorFlow.
+
+tfds stores images as PNG/JPEG bytes. Its own numpy decoding goes through PIL at
+~0.7 ms per small image, which makes loading 70k MNIST-sized images slow, so:
+
+* :func:`encode_png` writes minimal PNGs (one IDAT, filter type 0 on every row);
+* :func:`decode_png_batch` decodes such PNGs with zlib + numpy, ~50x faster, and
+  falls back to PIL for any PNG it does not handle (e.g. ones written by
+  TensorFlow when a dataset was prepared by stock tfds);
+* :func:`decode_image` decodes any format with PIL, optionally resizing to a
+  square (shorter side to ``size``, then centre crop), as for ImageNet(te).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+_CHANNELS = {v: k for k, v in _COLOR_TYPE.items()}
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(tag))
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+
+def encode_png(image: np.ndarray, level: int = 1) -> bytes:
+    """Encodes a uint8 (H, W) or (H, W, C) image, C in 1..4, as a PNG.
+
+    zlib level 1: on small images it is ~5x faster than the default level 6 and
+    the files are only ~2 % larger.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"encode_png needs uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w, c = image.shape
+    raw = np.zeros((h, 1 + w * c), np.uint8)  # leading 0 per row: filter type "None"
+    raw[:, 1:] = image.reshape(h, w * c)
+    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[c], 0, 0, 0)
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+def _decode_png_fast(data: bytes) -> np.ndarray | None:
+    """Decodes an 8-bit, non-interlaced PNG whose rows all use filter 0 or 2 (Up).
+
+    Returns None when the PNG uses anything else, so the caller can fall back to
+    PIL; never returns wrong pixels for a valid PNG.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos, idat, shape = 8, [], None
+    try:
+        while pos < len(data):
+            (length,) = struct.unpack_from(">I", data, pos)
+            tag = data[pos + 4 : pos + 8]
+            body = data[pos + 8 : pos + 8 + length]
+            pos += 12 + length
+            if tag == b"IHDR":
+                w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+                if depth != 8 or interlace or ctype not in _CHANNELS:
+                    return None
+                shape = (h, w, _CHANNELS[ctype])
+            elif tag == b"IDAT":
+                idat.append(body)
+            elif tag == b"IEND":
+                break
+            elif tag == b"PLTE":
+                return None
+        if shape is None:
+            return None
+        h, w, c = shape
+        raw = zlib.decompress(b"".join(idat), bufsize=h * (1 + w * c))  # exact size: one allocation
+        rows = np.frombuffer(raw, np.uint8)
+        rows = rows.reshape(h, 1 + w * c)
+    except (struct.error, zlib.error, ValueError):
+        return None
+    filters = rows[:, 0]
+    pixels = rows[:, 1:]
+    if np.any(filters > 2) or np.any(filters == 1):
+        return None
+    if np.any(filters == 2):
+        pixels = pixels.copy()
+        for r in np.nonzero(filters == 2)[0]:
+            if r > 0:  # "Up" on the first row adds zeros
+                pixels[r] += pixels[r - 1]  # uint8 wraps modulo 256, as PNG requires
+    return pixels.reshape(h, w, c)
+
+
+def decode_image(
+    data: bytes, *, channels: int | None = None, size: int | None = None
+) -> np.ndarray:
+    """Decodes PNG/JPEG bytes to uint8 (H, W, C).
+
+    Args:
+      data: encoded image.
+      channels: 1 or 3 to force grey/RGB (CMYK and palette images become RGB);
+        None keeps grey as 1 channel and converts everything else to RGB.
+      size: if given, resize so the shorter side is ``size`` (bilinear with
+        antialiasing, as torchvision ``Resize(size)``) and centre-crop to
+        ``size`` x ``size``.
+    """
+    if size is None and channels != 3:
+        fast = _decode_png_fast(data)
+        if fast is not None and (channels is None or fast.shape[-1] == channels):
+            return fast
+    with Image.open(io.BytesIO(data)) as img:
+        if size is not None and img.format == "JPEG":
+            img.draft("RGB", (size, size))  # decode JPEG at a reduced scale: much faster
+        mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode == "L" else "RGB")
+        img = img.convert(mode)
+        if size is not None:
+            img = _resize_center_crop(img, size)
+        array = np.asarray(img, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_batch(
+    blobs: Sequence[bytes],
+    shape: tuple[int, int, int],
+    *,
+    size: int | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Decodes images into one uint8 array of ``shape`` per image.
+
+    ``size`` resizes/crops (see :func:`decode_image`) and must then equal
+    ``shape[0] == shape[1]``.
+    """
+    if out is None:
+        out = np.empty((len(blobs), *shape), np.uint8)
+    channels = shape[-1]
+    for i, blob in enumerate(blobs):
+        image = decode_image(blob, channels=channels, size=size)
+        if image.shape != shape:
+            raise ValueError(f"decoded image {i} has shape {image.shape}, expected {shape}")
+        out[i] = image
+    return out
+
+
+def jpeg_bytes(data: bytes, quality: int = 100) -> bytes:
+    """Returns ``data`` if it is an RGB or grey JPEG, else re-encodes it as RGB JPEG.
+
+    Mirrors the stock ImageNet builder, which converts its CMYK and PNG files
+    (with TensorFlow, quality 100); this uses PIL and detects them by content.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "JPEG" and img.mode in ("RGB", "L"):
+            return data
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()

@@ -1,0 +1,205 @@
+"""Flax layers whose forward pass exposes what a plasticity rule needs.
+
+A Hebbian layer returns :class:`hebbjax.rules.Activations`: the (padded) input of its linear map,
+the pre-activation ``u`` and, once its block has computed it, the post-synaptic activity ``y``.
+The training step hands them to a rule from :mod:`hebbjax.rules`; the same rule functions serve
+a user's own JAX code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hebbjax.rules import Activations, Conv, Dense
+from hebbjax.rules.linear import Array
+
+# ----------------------------------------------------------------------------------------------
+# Activations (SoftHebb activation.py, Miconi's triangle): competition over the channel axis (last)
+# ----------------------------------------------------------------------------------------------
+
+
+def triangle(u: Array, power: float = 1.0) -> Array:
+    """``relu(u - mean_c u) ** power`` (Coates et al. 2011; SoftHebb's Triangle; the mean is over
+    channels at each position and carries no gradient)."""
+    return jax.nn.relu(u - jax.lax.stop_gradient(jnp.mean(u, axis=-1, keepdims=True))) ** power
+
+
+def repu(u: Array, power: float = 1.0) -> Array:
+    """Rectified power unit ``relu(u) ** power``."""
+    return jax.nn.relu(u) ** power
+
+
+def apply_activation(name: str, param: float, u: Array) -> Array:
+    """The block activations by name; ``param`` is the power, inverse temperature or gain."""
+    if name == "none":
+        return u
+    if name == "relu":
+        return jax.nn.relu(u)
+    if name == "triangle":
+        return triangle(u, param)
+    if name == "repu":
+        return repu(u, param)
+    if name == "softmax":
+        return jax.nn.softmax(param * u, axis=-1)
+    if name == "exp":
+        return jnp.exp(param * u)
+    if name == "tanh":
+        return jnp.tanh(param * u)
+    if name == "sigmoid":
+        return jax.nn.sigmoid(param * u)
+    if name == "hard":
+        return jax.nn.one_hot(jnp.argmax(u, -1), u.shape[-1], dtype=u.dtype)
+    raise ValueError(f"activation: unknown {name!r}")
+
+
+def pool2d(kind: str, x: Array, kernel: int, stride: int, padding: int) -> Array:
+    """PyTorch-semantics pooling: max pads with -inf; avg counts the zero padding (PyTorch's
+    ``count_include_pad=True``); sum is Holca-Lamarre's subsampling."""
+    pads = ((padding, padding), (padding, padding))
+    if kind == "max":
+        return nn.max_pool(x, (kernel, kernel), (stride, stride), pads)
+    if kind == "avg":
+        return nn.avg_pool(x, (kernel, kernel), (stride, stride), pads, count_include_pad=True)
+    if kind == "sum":
+        return nn.avg_pool(x, (kernel, kernel), (stride, stride), pads, count_include_pad=True) * (kernel * kernel)
+    raise ValueError(f"pool: unknown {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisers
+# ----------------------------------------------------------------------------------------------
+
+
+def radius_init(radius: float, gaussian: bool) -> Callable:
+    """SoftHebb's init (``train.check_dimension``, Lebesgue p = 2): every neuron's norm is about
+    ``radius``. Gaussian ``N(0, (r / sqrt(n))^2)`` when the block normalises its input (BN), else
+    uniform ``U[0, r sqrt(3 / n))``; ``n`` = fan-in."""
+
+    def init(key, shape, dtype=jnp.float32):
+        fan_in = math.prod(shape[:-1])
+        if gaussian:
+            return radius / math.sqrt(fan_in) * jax.random.normal(key, shape, dtype)
+        return jax.random.uniform(key, shape, dtype, 0.0, radius * math.sqrt(3.0 / fan_in))
+
+    return init
+
+
+def unit_norm_init(key, shape, dtype=jnp.float32):
+    """Miconi (2021): ``0.01 N(0, 1)``, every neuron then scaled to unit norm."""
+    w = 0.01 * jax.random.normal(key, shape, dtype)
+    return w / jnp.linalg.norm(w.reshape(-1, shape[-1]), axis=0)
+
+
+def positive_init(offset: float) -> Callable:
+    """Holca-Lamarre: ``U[0, 1) + offset`` (positive weights for log-weight neurons)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype) + offset
+
+    return init
+
+
+def torch_default_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default for ``nn.Linear``/``nn.Conv2d`` weights and biases: ``U(+-1/sqrt(fan_in))``."""
+    fan_in = math.prod(shape[:-1]) if len(shape) > 1 else shape[0]
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+
+
+class HebbianDense(nn.Module):
+    """Dense layer ``u = x @ kernel (+ bias)``, kernel ``(in, features)``; returns Activations.
+
+    ``log_weight``: Holca-Lamarre's Poisson-mixture neurons, ``u = x @ log(kernel)``; the rule
+    still sees the raw kernel (``dw ~ y (x - w)`` on ``w``), since the correlation only needs
+    the map's structure, which is the same.
+    """
+
+    features: int
+    use_bias: bool = False
+    log_weight: bool = False
+    kernel_init: Callable = torch_default_init
+    frozen: bool = False  # no gradient flows into the kernel (Hebbian-trained or fixed)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Activations:
+        return _dense_activations(self, x)
+
+
+def _dense_activations(mod: nn.Module, x: Array) -> Activations:
+    """The dense map of ``HebbianDense`` and of ``HebbianConv``'s patches form (inside ``mod``'s scope)."""
+    kernel = mod.param("kernel", mod.kernel_init, (x.shape[-1], mod.features))
+    bias = mod.param("bias", nn.initializers.zeros, (mod.features,)) if mod.use_bias else None
+    if mod.frozen:
+        kernel, bias = jax.lax.stop_gradient((kernel, bias))
+    u = x @ (jnp.log(kernel) if mod.log_weight else kernel)
+    if bias is not None:
+        u = u + bias
+    return Activations(Dense(), x, u)
+
+
+class HebbianConv(nn.Module):
+    """2-D convolution (NHWC, HWIO kernel) with reflect/replicate/circular/zero padding, strides,
+    dilation and feature groups; returns Activations whose ``x`` is the explicitly padded input.
+
+    ``patch_sum_to`` (Holca-Lamarre's feed-forward inhibition) or ``log_weight`` switch to the
+    patches form: the input becomes its patches (channel-major, ``(B, H', W', C k k)``), each
+    optionally rescaled to ``x <- (A - D) x / sum(x) + 1`` (sums to ``A``; D = patch size), and the
+    layer is a dense map on them with kernel ``(C k k, features)``.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: int = 0
+    padding_mode: str = "reflect"
+    dilation: int = 1
+    feature_group_count: int = 1
+    use_bias: bool = False
+    log_weight: bool = False
+    patch_sum_to: float | None = None
+    implementation: str = "auto"
+    kernel_init: Callable = torch_default_init
+    frozen: bool = False
+
+    def linear_map(self) -> Conv:
+        return Conv(
+            strides=self.strides, padding=self.padding, dilation=self.dilation,
+            feature_group_count=self.feature_group_count, padding_mode=self.padding_mode,
+            implementation=self.implementation,
+        )
+
+    @nn.compact
+    def __call__(self, x: Array) -> Activations:
+        k, lin = self.kernel_size, self.linear_map()
+        if self.log_weight or self.patch_sum_to is not None:
+            if self.feature_group_count != 1:
+                raise ValueError("feature_group_count: the patches form (log_weight / patch_sum) supports groups=1 only")
+            xp = lin.prepare(x)
+            patches = jax.lax.conv_general_dilated_patches(
+                xp, (k, k), lin.strides, lin._conv_padding(), rhs_dilation=lin.dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST,
+            )
+            if self.patch_sum_to is not None:
+                d = patches.shape[-1]
+                patches = (self.patch_sum_to - d) * patches / (jnp.sum(patches, -1, keepdims=True) + 1e-12) + 1.0
+            return _dense_activations(self, patches)
+        shape = (k, k, x.shape[-1] // self.feature_group_count, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        if self.frozen:
+            kernel, bias = jax.lax.stop_gradient((kernel, bias))
+        xp = lin.prepare(x)
+        u = lin(kernel, xp)
+        if bias is not None:
+            u = u + bias
+        return Activations(lin, xp, u)

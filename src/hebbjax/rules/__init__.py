@@ -1,0 +1,57 @@
+"""Plasticity rules: pure, jit-compatible functions ``(params, activations) -> updates``.
+
+Build what a rule needs with :func:`observe`, call a rule, post-process with the optax transforms
+of :mod:`hebbjax.rules.transforms`, and apply with ``optax.apply_updates``.
+"""
+
+from hebbjax.rules.dopamine import (
+    DopamineTable,
+    dopamine_from_table,
+    dopamine_linear,
+    reward_prediction_error,
+    three_factor,
+)
+from hebbjax.rules.hebbian import correlation, hebbian_update, per_neuron_sum
+from hebbjax.rules.linear import Activations, Conv, Dense, LinearMap, kernel_of, observe
+from hebbjax.rules.plasticity import (
+    SparseTopKState,
+    hard_wta,
+    hebb,
+    instar,
+    krotov,
+    krotov_signal,
+    oja,
+    soft_wta,
+    soft_wta_signal,
+    softhebb,
+    softhebb_signal,
+    sparse_topk,
+    sparse_topk_init,
+    topk_binary_signal,
+    winner_mask,
+)
+from hebbjax.rules.surrogate import hebb_loss, instar_loss, oja_loss
+from hebbjax.rules.transforms import (
+    clip_positive,
+    mask_weights,
+    neuron_norms,
+    normalize_weights,
+    random_pruning_mask,
+    scale_by_max_abs,
+    scale_by_norm_dependent_lr,
+    skip_nonpositive_neurons,
+)
+
+#: Rules by name (what configs refer to).
+RULES = {
+    "hebb": hebb,
+    "instar": instar,
+    "oja": oja,
+    "softhebb": softhebb,
+    "soft_wta": soft_wta,
+    "hard_wta": hard_wta,
+    "krotov": krotov,
+    "sparse_topk": sparse_topk,
+}
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,250 @@
+"""Linear maps of Hebbian layers, and what a layer exposes to a plasticity rule.
+
+A layer's linear map ``u = f(kernel, x)`` is all a rule needs to know about the layer: the Hebbian
+correlation term ``sum_{b,pos} y (x) x_patch`` is the vector-Jacobian product of ``f`` with respect
+to ``kernel`` with cotangent ``y`` (see :func:`hebbjax.rules.hebbian.correlation`). Dense layers,
+convolutions with any stride, padding, dilation and feature groups, and the patches-times-matrix
+form of a convolution are all just different ``f``.
+
+Conventions (Flax's): a dense kernel is ``(in, out)`` and acts on ``(..., in)``; a conv kernel is
+``HWIO`` = ``(kh, kw, in // groups, out)`` and acts on ``NHWC`` images. In both, **neurons are the
+last axis** of the kernel and of ``u``, and competition between neurons runs over that axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple, Protocol, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+Array = jax.Array
+Params = Union[Array, Mapping[str, Any]]
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+_NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+class LinearMap(Protocol):
+    """``u = linear(kernel, x)``; also knows how to pad ``x`` and validate shapes."""
+
+    kernel_rank: int
+
+    def prepare(self, x: Array) -> Array:
+        """Explicit padding applied to ``x`` before the map (identity for most maps)."""
+
+    def __call__(self, kernel: Array, x: Array) -> Array: ...
+
+    def check(self, kernel: Array, x: Array) -> None:
+        """Raise a clear error when ``kernel`` and the (unpadded) input ``x`` do not fit together."""
+
+
+def _shape_error(arg: str, expected: str, got: Any) -> ValueError:
+    return ValueError(f"{arg}: expected {expected}, got shape {tuple(np.shape(got))}")
+
+
+def check_float(arg: str, value: Any) -> None:
+    """Hebbian maths on integer images silently truncates; refuse it with a clear message."""
+    dtype = jnp.result_type(value)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{arg}: expected a floating-point array (e.g. float32), got dtype {dtype}; "
+            f"convert with {arg}.astype(jnp.float32) (and scale images to [0, 1])"
+        )
+
+
+def check_finite(arg: str, value: Array) -> None:
+    """Raise on NaN/inf when ``value`` is concrete (eager mode); under ``jit`` this is a no-op.
+
+    Inside ``jit`` a non-finite input propagates into a non-finite update (never a finite wrong
+    step); the training loop checks ``jnp.isfinite`` on the update and stops with an error.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return
+    if not bool(jnp.all(jnp.isfinite(value))):
+        raise FloatingPointError(f"{arg}: contains NaN or inf values")
+
+
+@struct.dataclass
+class Dense:
+    """``u = x @ kernel`` with ``kernel`` of shape ``(in, out)`` and ``x`` of shape ``(batch, ..., in)``.
+
+    Every leading axis after the batch is a "position" (summed over by the correlation term).
+    """
+
+    kernel_rank: int = struct.field(pytree_node=False, default=2)
+
+    def prepare(self, x: Array) -> Array:
+        return x
+
+    def __call__(self, kernel: Array, x: Array) -> Array:
+        return jnp.matmul(x, kernel)
+
+    def check(self, kernel: Array, x: Array) -> None:
+        if jnp.ndim(kernel) != 2:
+            raise _shape_error("kernel", "a dense kernel of rank 2, (in_features, out_features)", kernel)
+        if jnp.ndim(x) < 2:
+            raise _shape_error("x", f"rank >= 2, (batch, ..., {kernel.shape[0]})", x)
+        if x.shape[-1] != kernel.shape[0]:
+            raise _shape_error("x", f"last axis {kernel.shape[0]} (= kernel.shape[0]), i.e. (batch, ..., {kernel.shape[0]})", x)
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {v!r}")
+    return (int(v[0]), int(v[1]))
+
+
+@struct.dataclass
+class Conv:
+    """2-D convolution ``u = conv(pad(x), kernel)``, NHWC images and HWIO kernels.
+
+    Attributes:
+      strides, dilation: ints or pairs.
+      padding: int, pair of ints, ``"VALID"`` or ``"SAME"`` (``"SAME"`` only with ``padding_mode="zeros"``).
+      padding_mode: ``"zeros"`` pads inside the convolution; ``"reflect"``, ``"replicate"`` and
+        ``"circular"`` pad ``x`` explicitly in :meth:`prepare` (as PyTorch's ``F.pad`` does in SoftHebb),
+        so the rule sees exactly the padded input the forward pass used.
+      feature_group_count: grouped convolution; ``in`` and ``out`` must both be divisible by it.
+      implementation: ``"xla"`` (``lax.conv_general_dilated``) or ``"patches"`` (extract patches,
+        then one matrix product; 2-4x faster on CPU, see ``performance_notes.md``). ``"auto"``
+        picks ``"patches"`` on CPU and ``"xla"`` on accelerators. The two are the same linear map.
+    """
+
+    strides: Any = struct.field(pytree_node=False, default=1)
+    padding: Any = struct.field(pytree_node=False, default=0)
+    dilation: Any = struct.field(pytree_node=False, default=1)
+    feature_group_count: int = struct.field(pytree_node=False, default=1)
+    padding_mode: PaddingMode = struct.field(pytree_node=False, default="zeros")
+    implementation: Literal["auto", "xla", "patches"] = struct.field(pytree_node=False, default="auto")
+    kernel_rank: int = struct.field(pytree_node=False, default=4)
+
+    def __post_init__(self) -> None:
+        # Hashable, canonical fields: the map is static (jit cache key) and YAML gives lists.
+        for name in ("strides", "dilation"):
+            object.__setattr__(self, name, _pair(getattr(self, name)))
+        if not isinstance(self.padding, str):
+            object.__setattr__(self, "padding", _pair(self.padding))
+        object.__setattr__(self, "feature_group_count", int(self.feature_group_count))
+        if self.padding_mode not in ("zeros", *_NP_PAD_MODE):
+            raise ValueError(f"padding_mode: expected one of zeros/reflect/replicate/circular, got {self.padding_mode!r}")
+        if isinstance(self.padding, str) and self.padding not in ("VALID", "SAME"):
+            raise ValueError(f"padding: expected an int, a pair, 'VALID' or 'SAME', got {self.padding!r}")
+        if self.padding == "SAME" and self.padding_mode != "zeros":
+            raise ValueError("padding: 'SAME' is only supported with padding_mode='zeros'; give explicit ints")
+        if self.implementation not in ("auto", "xla", "patches"):
+            raise ValueError(f"implementation: expected 'auto', 'xla' or 'patches', got {self.implementation!r}")
+
+    def _explicit_padding(self) -> tuple[tuple[int, int], tuple[int, int]] | str:
+        if isinstance(self.padding, str):
+            return self.padding
+        ph, pw = _pair(self.padding)
+        return ((ph, ph), (pw, pw))
+
+    def prepare(self, x: Array) -> Array:
+        if self.padding_mode == "zeros" or isinstance(self.padding, str):
+            return x
+        (ph, _), (pw, _) = self._explicit_padding()
+        if ph == 0 and pw == 0:
+            return x
+        if self.padding_mode == "reflect" and (ph >= x.shape[1] or pw >= x.shape[2]):
+            raise ValueError(f"padding: reflect padding {self.padding} needs images larger than the pad, got x of shape {x.shape}")
+        return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode=_NP_PAD_MODE[self.padding_mode])
+
+    def _conv_padding(self):
+        return self._explicit_padding() if self.padding_mode == "zeros" else "VALID"
+
+    def _use_patches(self) -> bool:
+        if self.implementation == "auto":
+            return jax.default_backend() == "cpu"
+        return self.implementation == "patches"
+
+    def __call__(self, kernel: Array, x: Array) -> Array:
+        strides, dilation, groups = _pair(self.strides), _pair(self.dilation), self.feature_group_count
+        if not self._use_patches():
+            return jax.lax.conv_general_dilated(
+                x, kernel, window_strides=strides, padding=self._conv_padding(), rhs_dilation=dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+            )
+        kh, kw, cin_g, cout = kernel.shape
+        # Patch features come out channel-major: (C, kh, kw). An identity "filter" conv: exact copy.
+        patches = jax.lax.conv_general_dilated_patches(
+            x, (kh, kw), strides, self._conv_padding(), rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST,
+        )
+        b, ho, wo, _ = patches.shape
+        patches = patches.reshape(b, ho, wo, groups, cin_g * kh * kw)
+        w = kernel.reshape(kh, kw, cin_g, groups, cout // groups)
+        w = jnp.transpose(w, (3, 2, 0, 1, 4)).reshape(groups, cin_g * kh * kw, cout // groups)
+        u = jnp.einsum("bhwgp,gpo->bhwgo", patches, w)
+        return u.reshape(b, ho, wo, cout)
+
+    def check(self, kernel: Array, x: Array) -> None:
+        if jnp.ndim(kernel) != 4:
+            raise _shape_error("kernel", "a conv kernel of rank 4 in HWIO layout, (kh, kw, in // groups, out)", kernel)
+        kh, kw, cin_g, cout = kernel.shape
+        g = self.feature_group_count
+        if jnp.ndim(x) != 4:
+            raise _shape_error("x", f"an NHWC image batch of rank 4, (batch, height, width, {cin_g * g})", x)
+        if cout % g:
+            raise _shape_error("kernel", f"out channels (last axis) divisible by feature_group_count={g}", kernel)
+        if x.shape[-1] != cin_g * g:
+            raise _shape_error("x", f"{cin_g * g} channels on the last axis (kernel in-channels {cin_g} x groups {g})", x)
+        (dh, dw), pad = _pair(self.dilation), self._explicit_padding()
+        if pad != "SAME":
+            extra = (0, 0) if pad == "VALID" else (sum(pad[0]), sum(pad[1]))
+            if x.shape[1] + extra[0] < dh * (kh - 1) + 1 or x.shape[2] + extra[1] < dw * (kw - 1) + 1:
+                raise _shape_error("x", f"height/width at least the dilated kernel ({dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) after padding", x)
+
+
+class Activations(NamedTuple):
+    """What a layer's forward pass exposes to a plasticity rule (a pytree; ``linear`` is static).
+
+    Attributes:
+      linear: the layer's linear map.
+      x: the input of the linear map, **after** explicit padding (``linear.prepare``).
+      u: the pre-activation ``linear(kernel, x)`` (+ bias), neurons on the last axis.
+      y: optional post-synaptic activity for rules that take it as given (plain Hebb, instar, Oja);
+        competitive rules compute their own signal from ``u``. ``None`` means ``y = u``.
+    """
+
+    linear: LinearMap
+    x: Array
+    u: Array
+    y: Array | None = None
+
+
+def kernel_of(params: Params) -> Array:
+    """The weight array of a layer's params: the array itself, or ``params["kernel"]``."""
+    if isinstance(params, Mapping):
+        if "kernel" not in params:
+            raise KeyError(f"params: expected a mapping with a 'kernel' entry, got keys {sorted(params)}")
+        return params["kernel"]
+    return params
+
+
+def observe(linear: LinearMap, params: Params, x: Array, y: Array | None = None) -> Activations:
+    """Run a layer's linear map and collect what a rule needs: ``Activations(linear, pad(x), u, y)``.
+
+    Validates shapes and dtypes (clear errors that name the argument) and, outside ``jit``, that
+    ``x`` is finite.
+    """
+    kernel = kernel_of(params)
+    check_float("kernel", kernel)
+    check_float("x", x)
+    linear.check(kernel, x)
+    if x.shape[0] == 0:
+        raise ValueError(f"x: empty batch (shape {x.shape}); a Hebbian step needs at least one sample")
+    check_finite("x", x)
+    x = linear.prepare(x)
+    u = linear(kernel, x)
+    if isinstance(params, Mapping) and params.get("bias") is not None:
+        u = u + params["bias"]
+    if y is not None and jnp.shape(y) != u.shape:
+        raise _shape_error("y", f"the shape of the pre-activation u, {u.shape}", y)
+    return Activations(linear, x, u, y)

@@ -1,0 +1,329 @@
+"""The training loop: unsupervised Hebbian phase, frozen features, linear readout; BP and Random
+baselines; SoftHebb's successive / consecutive / simultaneous modes.
+
+Everything heavy runs in jit-compiled, data-parallel chunks of steps (:mod:`hebbjax.train.parallel`);
+the dataset lives on the device(s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from hebbjax.config import Config, check_config
+from hebbjax.nn.network import Classifier, HebbianNetwork, build_network, is_hebbian
+from hebbjax.train import plasticity
+from hebbjax.train.parallel import AXIS, check_batch, epoch_indices, make_mesh, map_batches, replicate, scan_chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayData:
+    """In-memory images ``(N, H, W, C)`` float32 and labels ``(N,)`` int32."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+
+def halving_schedule(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """SoftHebb's ``CustomStepLR``: halve at epochs ``int(n * f)``, f in {.2,.35,.5,.6,.7,.8,.9} for
+    n >= 50, f in {.5,.75} for 20 <= n < 50, no decay below 20 epochs."""
+    if epochs >= 50:
+        fractions = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
+    elif epochs >= 20:
+        fractions = (0.5, 0.75)
+    else:
+        fractions = ()
+    boundaries: dict[int, float] = {}
+    for f in fractions:
+        step = int(epochs * f) * steps_per_epoch
+        boundaries[step] = boundaries.get(step, 1.0) * 0.5
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+class NonFiniteUpdate(FloatingPointError):
+    """A Hebbian update contained NaN/inf; the last finite parameters were kept."""
+
+
+class Trainer:
+    """Trains and evaluates one configured network.
+
+    ``augment``: optional ``fn(key, images) -> images`` applied per batch on the device in the
+    supervised phases (readout / BP); with it, the readout cannot use cached features.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        train: ArrayData,
+        test: ArrayData,
+        *,
+        augment: Callable | None = None,
+        mesh=None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        t = cfg.training
+        self.blocks = list(cfg.model.blocks)
+        if t.method == "bp":
+            self.blocks = [dataclasses.replace(b, rule="bp") for b in self.blocks]
+        elif t.method == "random":
+            self.blocks = [dataclasses.replace(b, rule="none") if is_hebbian(b) else b for b in self.blocks]
+        self.shapes = check_config(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=self.blocks)), train.images.shape[1:])
+        self.mesh = mesh or make_mesh()
+        for key, bs in (("training.unsup_batch_size", t.unsup_batch_size), ("training.readout_batch_size", t.readout_batch_size), ("training.eval_batch_size", t.eval_batch_size)):
+            check_batch(bs, self.mesh, key)
+        self.augment = augment
+        self.progress = progress
+        self.num_classes = train.num_classes
+        self.model: HebbianNetwork = build_network(self.blocks, train.num_classes, cfg.model.classifier_dropout, AXIS)
+        self.eval_model = build_network(self.blocks, train.num_classes, cfg.model.classifier_dropout, None)
+        self.hebbian_blocks = [i for i, b in enumerate(self.blocks) if is_hebbian(b)]
+        self.train_data = replicate({"image": jnp.asarray(train.images, jnp.float32), "label": jnp.asarray(train.labels, jnp.int32)}, self.mesh)
+        self.test_data = replicate({"image": jnp.asarray(test.images, jnp.float32), "label": jnp.asarray(test.labels, jnp.int32)}, self.mesh)
+        self.n_train = int(train.images.shape[0])
+        self.timings: dict[str, float] = {"unsupervised": 0.0, "feature_extraction": 0.0, "readout": 0.0}
+        self.unsup_images = 0
+        self.key = jax.random.key(cfg.seed)
+        self._init_state(train.images[:1])
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self, example: np.ndarray) -> None:
+        k_init, k_mask, self.key = jax.random.split(self.key, 3)
+        variables = self.eval_model.init({"params": k_init, "dropout": k_init}, jnp.asarray(example, jnp.float32))
+        params = variables["params"]
+        self.masks = plasticity.pruning_masks(self.blocks, params, k_mask)
+        params = plasticity.apply_masks(params, self.masks)
+        self.state = replicate({
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "rule_state": variables.get("rule_state", {}),
+        }, self.mesh)
+
+    def variables(self, state: dict | None = None) -> dict:
+        s = self.state if state is None else state
+        return {"params": s["params"], "batch_stats": s["batch_stats"], "rule_state": s["rule_state"]}
+
+    # ------------------------------------------------------------------ chunked epochs
+    def _run_epochs(self, step: Callable, carry: dict, data: dict, batch_size: int, epochs: int, desc: str, check_finite: bool = False) -> dict:
+        run = scan_chunk(step, self.mesh, donate=False)
+        n = jax.tree_util.tree_leaves(data)[0].shape[0]
+        self.key, k_epochs = jax.random.split(self.key)
+        idx, valid = epoch_indices(k_epochs, n, batch_size, epochs, self.cfg.training.steps_per_chunk)
+        steps_per_epoch = n // batch_size
+        bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not self.progress, leave=False, mininterval=1.0)
+        for c in range(idx.shape[0]):
+            new, metrics = run(carry, data, idx[c], valid[c])
+            if check_finite and not bool(jnp.all(metrics["finite"] | ~valid[c])):
+                bar.close()
+                self.state = {k: carry[k] for k in self.state}
+                step_no = c * idx.shape[1]
+                raise NonFiniteUpdate(
+                    f"{desc}: a Hebbian update was NaN/inf in epoch {step_no // steps_per_epoch}, within steps "
+                    f"{step_no}-{step_no + idx.shape[1]}; the last finite parameters were kept (check the input data and learning rates)"
+                )
+            carry = new
+            bar.update(int(valid[c].sum()))
+            if "loss" in metrics and self.progress:
+                bar.set_postfix(loss=float(jnp.mean(metrics["loss"])), refresh=False)
+        bar.close()
+        return carry
+
+    # ------------------------------------------------------------------ unsupervised phase
+    def train_hebbian(self, plastic: Sequence[int], epochs: int) -> None:
+        """Unsupervised epochs updating ``plastic`` blocks together, one update per mini-batch."""
+        if not plastic or epochs == 0:
+            return
+        plastic = tuple(plastic)
+        upto = max(plastic) + 1
+        t = self.cfg.training
+        steps = epochs * (self.n_train // t.unsup_batch_size)
+        transforms = {i: plasticity.make_transform(self.blocks[i], steps, self.masks.get(i)) for i in plastic}
+        carry = dict(self.state)
+        carry["opt"] = {i: transforms[i].init(carry["params"][f"block_{i}"]["layer"]) for i in plastic}
+        carry["key"] = self.key
+        model, blocks = self.model, self.blocks
+
+        def step(c, batch):
+            key, k_drop = jax.random.split(c["key"])
+            variables = {"params": c["params"], "batch_stats": c["batch_stats"], "rule_state": c["rule_state"]}
+            _, mut = model.apply(
+                variables, batch["image"], train_blocks=plastic, upto=upto, classify=False,
+                mutable=["batch_stats", "hebbian"], rngs={"dropout": jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))},
+            )
+            params, rule_state, opt, finite = plasticity.hebbian_updates(
+                blocks, plastic, c["params"], c["rule_state"], c["opt"], transforms, mut["hebbian"]
+            )
+            new = {"params": params, "batch_stats": mut.get("batch_stats", c["batch_stats"]), "rule_state": rule_state, "opt": opt, "key": key}
+            return new, {"finite": finite}
+
+        start = time.perf_counter()
+        carry = self._run_epochs(step, carry, {"image": self.train_data["image"]}, t.unsup_batch_size, epochs,
+                                 f"hebbian blocks {list(plastic)}", check_finite=True)
+        jax.block_until_ready(carry["params"])
+        self.timings["unsupervised"] += time.perf_counter() - start
+        self.unsup_images += epochs * (self.n_train // t.unsup_batch_size) * t.unsup_batch_size
+        self.state = {k: carry[k] for k in self.state}
+
+    # ------------------------------------------------------------------ features and readout
+    def features(self, images: jax.Array) -> jax.Array:
+        """Frozen features of the whole block stack (evaluation mode), flattened."""
+        model = self.model
+
+        def fn(variables, x):
+            f = model.apply(variables, x, classify=False)
+            return f.reshape(f.shape[0], -1)
+
+        return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.variables(), images)
+
+    def train_readout_on_features(self, feats: jax.Array, labels: jax.Array) -> None:
+        """Linear classifier on cached features: Adam, cross-entropy, dropout, halving schedule."""
+        t = self.cfg.training
+        clf = Classifier(self.num_classes, self.cfg.model.classifier_dropout)
+        tx = self._readout_tx()
+        params = self.state["params"]["classifier"]
+        carry = {"params": params, "opt": tx.init(params), "key": self.key}
+
+        def step(c, batch):
+            key, k_drop = jax.random.split(c["key"])
+            rng = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
+
+            def loss_fn(p):
+                logits = clf.apply({"params": p}, batch["x"], train=True, rngs={"dropout": rng})
+                return cross_entropy(logits, batch["y"]), logits
+
+            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(c["params"])
+            grads = jax.lax.pmean(grads, AXIS)
+            updates, opt = tx.update(grads, c["opt"], c["params"])
+            return {"params": optax.apply_updates(c["params"], updates), "opt": opt, "key": key}, {"loss": jax.lax.pmean(loss, AXIS)}
+
+        carry = self._run_epochs(step, carry, {"x": feats, "y": labels}, t.readout_batch_size, t.readout_epochs, "readout")
+        params = dict(self.state["params"])
+        params["classifier"] = carry["params"]
+        self.state = {**self.state, "params": params}
+
+    def _readout_tx(self) -> optax.GradientTransformation:
+        t = self.cfg.training
+        steps_per_epoch = self.n_train // t.readout_batch_size
+        lr = halving_schedule(t.readout_lr, t.readout_epochs, steps_per_epoch) if t.readout_schedule == "halving" else t.readout_lr
+        return optax.adam(lr)
+
+    def train_supervised(self, hebbian: Sequence[int] = ()) -> None:
+        """End-to-end supervised epochs: the classifier and ``bp`` blocks by Adam on cross-entropy;
+        the ``hebbian`` blocks (simultaneous mode) by their rules on the same batches."""
+        t = self.cfg.training
+        hebbian = tuple(hebbian)
+        bp_blocks = tuple(i for i, b in enumerate(self.blocks) if b.rule == "bp")
+        train_blocks = tuple(sorted(set(bp_blocks) | set(hebbian)))
+        steps = t.readout_epochs * (self.n_train // t.readout_batch_size)
+        transforms = {i: plasticity.make_transform(self.blocks[i], steps, self.masks.get(i)) for i in hebbian}
+        tx = self._readout_tx()
+        carry = dict(self.state)
+        carry["opt"] = {i: transforms[i].init(carry["params"][f"block_{i}"]["layer"]) for i in hebbian}
+        carry["sup_opt"] = tx.init(carry["params"])
+        carry["key"] = self.key
+        model, blocks, augment = self.model, self.blocks, self.augment
+
+        def step(c, batch):
+            key, k_drop, k_aug = jax.random.split(c["key"], 3)
+            dev = jax.lax.axis_index(AXIS)
+            x = batch["image"]
+            if augment is not None:
+                x = augment(jax.random.fold_in(k_aug, dev), x)
+
+            def loss_fn(p):
+                logits, mut = model.apply(
+                    {"params": p, "batch_stats": c["batch_stats"], "rule_state": c["rule_state"]}, x,
+                    train_blocks=train_blocks, train_classifier=True, mutable=["batch_stats", "hebbian"],
+                    rngs={"dropout": jax.random.fold_in(k_drop, dev)},
+                )
+                return cross_entropy(logits, batch["label"]), (mut, logits)
+
+            (loss, (mut, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(c["params"])
+            grads = jax.lax.pmean(grads, AXIS)
+            updates, sup_opt = tx.update(grads, c["sup_opt"], c["params"])
+            params = optax.apply_updates(c["params"], updates)
+            params, rule_state, opt, finite = plasticity.hebbian_updates(
+                blocks, hebbian, params, c["rule_state"], c["opt"], transforms, mut.get("hebbian", {})
+            )
+            new = {"params": params, "batch_stats": mut.get("batch_stats", c["batch_stats"]), "rule_state": rule_state, "opt": opt, "sup_opt": sup_opt, "key": key}
+            return new, {"loss": jax.lax.pmean(loss, AXIS), "finite": finite}
+
+        start = time.perf_counter()
+        carry = self._run_epochs(step, carry, self.train_data, t.readout_batch_size, t.readout_epochs, "supervised", check_finite=bool(hebbian))
+        jax.block_until_ready(carry["params"])
+        self.timings["readout"] += time.perf_counter() - start
+        self.state = {k: carry[k] for k in self.state}
+
+    # ------------------------------------------------------------------ evaluation
+    def predict_from_features(self, feats: jax.Array) -> jax.Array:
+        """Predicted classes of the trained classifier on cached features."""
+        clf = Classifier(self.num_classes, self.cfg.model.classifier_dropout)
+        fn = lambda p, x: jnp.argmax(clf.apply({"params": p}, x), -1)
+        return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.state["params"]["classifier"], feats)
+
+    def predict(self, images: jax.Array) -> jax.Array:
+        """Predicted classes of the whole network (evaluation mode)."""
+        model = self.model
+        fn = lambda v, x: jnp.argmax(model.apply(v, x), -1)
+        return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.variables(), images)
+
+    def accuracy(self, images: jax.Array, labels: jax.Array) -> float:
+        return float(jnp.mean(self.predict(images) == labels))
+
+    # ------------------------------------------------------------------ the protocol
+    def fit(self) -> dict[str, Any]:
+        """Run the configured protocol; return accuracies (fractions), timings and throughput."""
+        t = self.cfg.training
+        start = time.perf_counter()
+        cached = None
+        if t.method == "bp" or t.mode == "simultaneous":
+            self.train_supervised(hebbian=self.hebbian_blocks if t.method == "hebbian" else ())
+        else:
+            if t.method == "hebbian":
+                if t.mode == "successive":
+                    for i in self.hebbian_blocks:
+                        self.train_hebbian([i], t.unsup_epochs)
+                else:
+                    self.train_hebbian(self.hebbian_blocks, t.unsup_epochs)
+            if self.augment is None and not any(b.rule == "bp" for b in self.blocks):
+                # Frozen features once (train and test in one compiled pass); the readout never
+                # recomputes the block stack.
+                s = time.perf_counter()
+                images = jnp.concatenate([self.train_data["image"], self.test_data["image"]])
+                feats = jax.block_until_ready(self.features(images))
+                self.timings["feature_extraction"] += time.perf_counter() - s
+                s = time.perf_counter()
+                self.train_readout_on_features(feats[: self.n_train], self.train_data["label"])
+                self.timings["readout"] += time.perf_counter() - s
+                cached = feats
+            else:
+                self.train_supervised()
+        if cached is not None:
+            pred = self.predict_from_features(cached)
+        else:
+            pred = self.predict(jnp.concatenate([self.train_data["image"], self.test_data["image"]]))
+        labels = jnp.concatenate([self.train_data["label"], self.test_data["label"]])
+        correct = np.asarray(pred == labels)
+        train_acc, test_acc = float(correct[: self.n_train].mean()), float(correct[self.n_train :].mean())
+        self.timings["total"] = time.perf_counter() - start
+        unsup = self.timings["unsupervised"]
+        return {
+            "test_accuracy": test_acc,
+            "train_accuracy": train_acc,
+            "seconds": dict(self.timings),
+            "unsupervised_images_per_second": (self.unsup_images / unsup) if unsup > 0 else None,
+            "block_output_shapes": [list(s) for s in self.shapes],
+        }

@@ -1,0 +1,162 @@
+"""Flax Hebbian layers and networks: what the rules see, shapes declared in YAML, the training
+phases' semantics (which blocks learn, cached features, schedules)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hebbjax import rules
+from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig, check_blocks
+from hebbjax.nn import build_network, pool2d, triangle
+from hebbjax.nn.layers import HebbianConv
+from hebbjax.train import ArrayData, Trainer, halving_schedule
+
+
+def test_triangle_is_centered_relu_power():
+    u = jnp.array([[1.0, 2.0, 6.0]])  # mean 3
+    np.testing.assert_allclose(triangle(u, 0.5), [[0.0, 0.0, np.sqrt(3.0)]], rtol=1e-6)
+
+
+def test_pools_follow_pytorch_semantics():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    # avg(4,2,1): zero padding counted in the divisor (count_include_pad=True): top-left window
+    # covers rows/cols 0..2 of the image plus padding, 9 values over 16 slots.
+    top_left = x[0, :3, :3, 0].sum() / 16.0
+    np.testing.assert_allclose(pool2d("avg", x, 4, 2, 1)[0, 0, 0, 0], top_left, rtol=1e-6)
+    np.testing.assert_allclose(pool2d("max", x, 4, 2, 1)[0, 0, 0, 0], x[0, :3, :3, 0].max())
+    np.testing.assert_allclose(pool2d("sum", x, 2, 2, 0)[0, 1, 1, 0], x[0, 2:, 2:, 0].sum())
+
+
+def test_conv_layer_exposes_padded_input_and_preactivation():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    layer = HebbianConv(4, kernel_size=3, padding=1, padding_mode="reflect")
+    variables = layer.init(jax.random.key(1), x)
+    acts = layer.apply(variables, x)
+    np.testing.assert_array_equal(acts.x, jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"))
+    expected = jax.lax.conv_general_dilated(acts.x, variables["params"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(acts.u, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_sum_normalisation_and_log_weights():
+    """Holca-Lamarre: every patch sums to A (after the +1 floor: (A - D) + D = A), u = x . log w."""
+    x = jax.random.uniform(jax.random.key(0), (1, 6, 6, 1)) + 0.1
+    layer = HebbianConv(3, kernel_size=3, padding=0, padding_mode="zeros", patch_sum_to=900.0, log_weight=True,
+                        kernel_init=lambda k, s, d=jnp.float32: jax.random.uniform(k, s, d) + 1.0)
+    variables = layer.init(jax.random.key(1), x)
+    acts = layer.apply(variables, x)
+    np.testing.assert_allclose(acts.x.sum(-1), 900.0, rtol=1e-5)
+    np.testing.assert_allclose(acts.u, acts.x @ jnp.log(variables["params"]["kernel"]), rtol=1e-5)
+
+
+SOFTHEBB4 = [
+    BlockConfig(channels=96, kernel=5, padding=2, activation="triangle(0.7)", pool="max(4,2,1)"),
+    BlockConfig(channels=384, kernel=3, padding=1, t_invert=0.65, activation="triangle(1.4)", pool="max(4,2,1)"),
+    BlockConfig(channels=1536, kernel=3, padding=1, t_invert=0.25, activation="triangle(1)", pool="avg(2,2,0)"),
+]
+
+
+def test_softhebb4_shapes_chain_to_24576_features():
+    shapes = check_blocks(SOFTHEBB4, (32, 32, 3))
+    assert shapes == [(16, 16, 96), (8, 8, 384), (4, 4, 1536)]
+    net = build_network(SOFTHEBB4, 10)
+    out = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x)[0], jnp.zeros((2, 32, 32, 3)))
+    assert out.shape == (2, 10)
+    feats = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x, classify=False)[0], jnp.zeros((2, 32, 32, 3)))
+    assert np.prod(feats.shape[1:]) == 24576
+
+
+def test_radius_init_gives_neuron_norms_near_radius():
+    net = build_network(SOFTHEBB4[:1], 10)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    norms = rules.neuron_norms(params["block_0"]["layer"]["kernel"])
+    assert abs(float(jnp.mean(norms)) - 25.0) < 1.5
+
+
+def _data(n=40, size=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return ArrayData(rng.uniform(size=(n, size, size, 1)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32), classes)
+
+
+def _cfg(**training):
+    blocks = [
+        BlockConfig(channels=6, kernel=3, padding=1, lr=0.05, activation="triangle(0.7)", pool="max(2,2,0)"),
+        BlockConfig(channels=8, kernel=3, padding=1, lr=0.02, t_invert=0.7, activation="triangle(1)"),
+    ]
+    t = dict(unsup_batch_size=4, readout_batch_size=8, eval_batch_size=8, readout_epochs=2, steps_per_chunk=4)
+    t.update(training)
+    return Config(model=ModelConfig(blocks=blocks, classifier_dropout=0.0), training=TrainingConfig(**t))
+
+
+def test_one_network_step_equals_the_rule_pipeline_by_hand():
+    """Trainer's Hebbian step == BN(batch stats) -> observe -> softhebb -> max-abs -> norm lr -> apply."""
+    data = _data(n=4)
+    trainer = Trainer(_cfg(), data, data, progress=False)
+    w0 = trainer.state["params"]["block_0"]["layer"]["kernel"]
+    x = jnp.asarray(data.images)
+    xn = (x - x.mean((0, 1, 2))) / jnp.sqrt(x.var((0, 1, 2)) + 1e-5)
+    lin = rules.Conv(padding=1, padding_mode="reflect")
+    dw = rules.softhebb({"kernel": w0}, rules.observe(lin, {"kernel": w0}, xn), t_invert=1.0)
+    tx = optax.chain(rules.scale_by_max_abs(), rules.scale_by_norm_dependent_lr(0.05, 0.5))
+    upd, _ = tx.update(dw, tx.init({"kernel": w0}), {"kernel": w0})
+    expected = w0 + upd["kernel"]
+    trainer.train_hebbian([0], epochs=1)  # 4 samples, batch 4: exactly one step
+    np.testing.assert_allclose(trainer.state["params"]["block_0"]["layer"]["kernel"], expected, rtol=2e-4, atol=2e-5)
+
+
+def test_successive_training_only_changes_the_block_being_trained():
+    data = _data()
+    trainer = Trainer(_cfg(), data, data, progress=False)
+    before = jax.tree_util.tree_map(np.asarray, trainer.state["params"])
+    trainer.train_hebbian([0], epochs=1)
+    after = trainer.state["params"]
+    assert np.max(np.abs(after["block_0"]["layer"]["kernel"] - before["block_0"]["layer"]["kernel"])) > 1e-3
+    np.testing.assert_array_equal(after["block_1"]["layer"]["kernel"], before["block_1"]["layer"]["kernel"])
+    np.testing.assert_array_equal(trainer.state["batch_stats"]["block_1"]["input_norm"]["mean"], 0.0)
+
+
+def test_readout_never_recomputes_the_block_stack(monkeypatch):
+    """Without augmentation the conv stack runs exactly once over train+test (cached features)."""
+    data = _data()
+    trainer = Trainer(_cfg(readout_epochs=3), data, data, progress=False)
+    calls = []
+    original = trainer.features
+    monkeypatch.setattr(trainer, "features", lambda images: calls.append(images.shape[0]) or original(images))
+    result = trainer.fit()
+    assert calls == [2 * data.images.shape[0]]
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_random_baseline_leaves_blocks_untrained_and_bp_trains_them():
+    data = _data()
+    rand = Trainer(_cfg(method="random"), data, data, progress=False)
+    k0 = np.asarray(rand.state["params"]["block_0"]["layer"]["kernel"])
+    rand.fit()
+    np.testing.assert_array_equal(rand.state["params"]["block_0"]["layer"]["kernel"], k0)
+    bp = Trainer(_cfg(method="bp"), data, data, progress=False)
+    k0 = np.asarray(bp.state["params"]["block_0"]["layer"]["kernel"])
+    bp.fit()
+    assert np.max(np.abs(bp.state["params"]["block_0"]["layer"]["kernel"] - k0)) > 1e-4
+
+
+def test_nan_input_stops_with_error_and_keeps_last_finite_parameters():
+    data = _data()
+    bad = dataclasses.replace(data, images=data.images.copy())
+    bad.images[-4:] = np.nan  # one epoch visits every sample, so some step sees them
+    trainer = Trainer(_cfg(steps_per_chunk=1), bad, bad, progress=False)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        trainer.train_hebbian([0], epochs=1)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(trainer.state["params"]))
+
+
+def test_halving_schedule_matches_softhebb_steps():
+    s = halving_schedule(1e-3, 50, steps_per_epoch=10)
+    # 50 epochs: halve at 10, 17, 25, 30, 35, 40, 45
+    assert float(s(99)) == pytest.approx(1e-3)
+    assert float(s(100)) == pytest.approx(5e-4)
+    assert float(s(170)) == pytest.approx(2.5e-4)
+    assert float(s(450)) == pytest.approx(1e-3 / 2**7)
+    assert float(halving_schedule(1e-3, 10, 10)(99)) == pytest.approx(1e-3)

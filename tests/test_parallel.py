@@ -1,0 +1,62 @@
+"""Data parallelism: 4 devices give the same parameters as 1 device for the same global batch.
+
+The check runs in a subprocess because the number of (virtual CPU) devices is fixed when JAX
+starts: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig
+    from hebbjax.train import ArrayData, Trainer, make_mesh
+
+    assert len(jax.devices()) == 4, jax.devices()
+    rule = sys.argv[1]
+    extra = json.loads(sys.argv[2])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(64, 10, 10, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, 64).astype(np.int32)
+    data = ArrayData(images, labels, 4)
+    blocks = [
+        BlockConfig(channels=8, kernel=3, padding=1, rule=rule, lr=0.05, activation="triangle(0.7)", pool="max(2,2,0)", **extra),
+        BlockConfig(channels=16, kernel=3, padding=1, rule=rule, lr=0.02, t_invert=0.7, activation="triangle(1.4)", **extra),
+    ]
+    cfg = Config(model=ModelConfig(blocks=blocks), training=TrainingConfig(
+        mode="consecutive", unsup_batch_size=8, readout_batch_size=8, eval_batch_size=8, readout_epochs=1, steps_per_chunk=3))
+    out = {}
+    for n in (1, 4):
+        t = Trainer(cfg, data, data, mesh=make_mesh(jax.devices()[:n]), progress=False)
+        t.train_hebbian([0, 1], epochs=2)
+        out[n] = t.state
+    rel = []
+    for a, b in zip(jax.tree_util.tree_leaves(out[1]), jax.tree_util.tree_leaves(out[4])):
+        a, b = np.asarray(a), np.asarray(b)
+        rel.append(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)))
+    moved = float(np.max(np.abs(np.asarray(out[1]["params"]["block_1"]["layer"]["kernel"]) -
+                          np.asarray(Trainer(cfg, data, data, mesh=make_mesh(jax.devices()[:1]), progress=False).state["params"]["block_1"]["layer"]["kernel"]))))
+    print(json.dumps({"max_rel": max(rel), "moved": moved, "leaves": len(rel)}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "rule, extra",
+    [("softhebb", {}), ("krotov", {"rank": 2, "delta": 0.4}), ("sparse_topk", {"k": 2, "lr_schedule": "constant", "normalize_step": False, "unit_norm": True, "init": "unit"})],
+)
+def test_four_devices_equal_one_device(rule, extra):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, rule, json.dumps(extra)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["moved"] > 1e-3, "training must actually change the weights for the comparison to mean anything"
+    assert result["max_rel"] < 1e-5, result

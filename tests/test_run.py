@@ -1,0 +1,97 @@
+"""The command: Hydra configs validated before any compute, results.json, multirun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from hebbjax.config import ConfigError, check_config, to_dataclass
+from hebbjax.run import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name, features", [("cifar_softhebb2", 24576), ("cifar_softhebb3", 24576), ("cifar_softhebb4", 24576)])
+def test_softhebb_cifar_experiments_compose_and_chain(name, features):
+    cfg = to_dataclass(_compose(f"+experiment={name}"))
+    assert cfg.data.name == "cifar10" and cfg.training.unsup_batch_size == 10 and cfg.training.readout_epochs == 50
+    shapes = check_config(cfg, (32, 32, 3))
+    h, w, c = shapes[-1]
+    assert h * w * c == features
+
+
+def test_unknown_key_is_an_error_naming_the_key():
+    with pytest.raises(ConfigKeyError, match="redout_epochs"):
+        _compose("training.redout_epochs=3")
+
+
+def test_wrong_type_is_an_error_naming_the_key():
+    with pytest.raises(ValidationError, match="readout_epochs"):
+        _compose("training.readout_epochs=many")
+
+
+def test_unknown_block_key_in_yaml_is_an_error():
+    with pytest.raises(ConfigKeyError, match="chanels"):
+        _compose("+model.blocks.0.chanels=3")
+
+
+def test_impossible_architecture_is_an_error_naming_the_block():
+    cfg = to_dataclass(_compose("+experiment=cifar_softhebb4", "model.blocks.2.pool=avg(8,8,0)"))
+    with pytest.raises(ConfigError, match=r"model.blocks\[2\].pool"):
+        check_config(cfg, (32, 32, 3))
+    cfg = to_dataclass(_compose("model.blocks.0.groups=5"))
+    with pytest.raises(ConfigError, match=r"model.blocks\[0\].groups"):
+        check_config(cfg, (8, 8, 1))
+    cfg = to_dataclass(_compose("training.mode=parallel"))
+    with pytest.raises(ConfigError, match="training.mode"):
+        check_config(cfg, (8, 8, 1))
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    return subprocess.run([sys.executable, "-m", "hebbjax.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+QUICK = ["training.readout_epochs=2", "training.mode=consecutive", "logging.progress=false", "data.limit_train=400"]
+
+
+def test_run_writes_results_json_and_prints_summary_last(tmp_path):
+    proc = _run(*QUICK, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("default seed=0: test_accuracy=")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key in ("test_accuracy", "train_accuracy", "experiment", "seed", "config", "seconds", "unsupervised_images_per_second", "jax_version", "devices"):
+        assert key in res, key
+    for phase in ("unsupervised", "feature_extraction", "readout", "total"):
+        assert res["seconds"][phase] >= 0
+    assert res["train_samples"] == 400 and res["test_samples"] == 450
+    assert res["config"]["training"]["readout_epochs"] == 2
+    assert 0.5 < res["test_accuracy"] <= 1.0  # a Hebbian net + 2 readout epochs on digits is far above chance
+    assert f"test_accuracy={res['test_accuracy']:.4f}" in last
+
+
+def test_multirun_sweeps_seeds(tmp_path):
+    proc = _run("-m", *QUICK, "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", "data.limit_train=200", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").rglob("results.json"))
+    assert len(results) == 2
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in results)
+    assert seeds == [0, 1]
+
+
+def test_bad_override_fails_before_compute(tmp_path):
+    proc = _run("training.readout_epochs=many", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "readout_epochs" in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
