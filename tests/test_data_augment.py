@@ -58,9 +58,11 @@ def test_crop_is_a_window_of_the_reflect_padded_image(images):
     out = np.asarray(augment.random_crop(jax.random.key(3), images))
     assert out.shape == images.shape
     tops, lefts = set(), set()
-    for image, crop in zip(np.asarray(images), out):
+    for image, crop in zip(np.asarray(images), out, strict=True):
         padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")  # == torch "reflect"
-        found = [(dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(padded[dy : dy + H, dx : dx + W], crop)]
+        found = [
+            (dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(padded[dy : dy + H, dx : dx + W], crop)
+        ]
         assert len(found) == 1, "crop is not a window of the reflect-padded image"
         tops.add(found[0][0])
         lefts.add(found[0][1])
@@ -101,6 +103,8 @@ def test_resized_crop_shape_and_range(images):
     np.testing.assert_allclose(const, 0.25, atol=1e-5)
     shape = jax.eval_shape(lambda k, x: augment.random_resized_crop(k, x, size=160), jax.random.key(0), images)
     assert shape.shape == (N, 160, 160, C)
+    same = jax.eval_shape(augment.random_resized_crop, jax.random.key(0), images)  # default: input size
+    assert same.shape == images.shape
 
 
 def test_resize_box_of_output_size_is_that_window():

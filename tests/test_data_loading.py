@@ -66,7 +66,10 @@ def rows(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
     """The (image, label) pairs as sorted bytes: tfds stores records in a hashed
     order, so splits are compared as multisets."""
     flat = np.concatenate(
-        [np.ascontiguousarray(images).reshape(len(images), -1).view(np.uint8), labels.astype("<i8").reshape(-1, 1).view(np.uint8)],
+        [
+            np.ascontiguousarray(images).reshape(len(images), -1).view(np.uint8),
+            labels.astype("<i8").reshape(-1, 1).view(np.uint8),
+        ],
         axis=1,
     )
     return sorted(map(bytes, flat))
@@ -184,7 +187,9 @@ def test_imagenet_streams_train_and_validation_with_tfds_labels(synth):
     written = synth["arrays"]["imagenet2012"]
     with pytest.raises(ValueError, match="use hebbjax.data.stream"):
         _load(synth, "imagenet2012", "train")
-    with stream("imagenet2012", "train", 2, data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8") as batches:
+    with stream(
+        "imagenet2012", "train", 2, data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8"
+    ) as batches:
         got = list(batches)
     assert len(got) == 3 and all(x.shape == (2, 160, 160, 3) and x.dtype == np.uint8 for x, _ in got)
     labels = np.concatenate([y for _, y in got])
@@ -192,14 +197,34 @@ def test_imagenet_streams_train_and_validation_with_tfds_labels(synth):
     # The CMYK and PNG files were converted to RGB JPEG, like the stock builder does.
     images = np.concatenate([x for x, _ in got])
     assert images.std() > 10
-    val = list(stream("imagenet2012", "test", 4, data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8", shuffle=False))
-    (x, y), = val
+    val = list(
+        stream(
+            "imagenet2012", "test", 4, data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8", shuffle=False
+        )
+    )
+    ((x, y),) = val
     expected = sorted(IMAGENET_WNIDS.index(w) for w in IMAGENET_VAL_WNIDS[:4])
     assert sorted(y.tolist()) == expected
-    refs = {IMAGENET_WNIDS.index(IMAGENET_VAL_WNIDS[i]): _imagenet_reference(b) for i, b in enumerate(written["val"].values())}
-    for image, label in zip(x, y):
+    refs = {
+        IMAGENET_WNIDS.index(IMAGENET_VAL_WNIDS[i]): _imagenet_reference(b)
+        for i, b in enumerate(written["val"].values())
+    }
+    compared = 0
+    for image, label in zip(x, y, strict=True):
         if list(y).count(label) == 1:  # unambiguous label -> compare pixels
             assert np.abs(image.astype(int) - refs[label].astype(int)).max() <= 1
+            compared += 1
+    assert compared >= 2
+
+
+def test_imagenet_split_whose_tar_was_missing_is_reported(tmp_path):
+    written = synthetic.write_imagenet(tmp_path / "src" / "imagenet2012", IMAGENET_WNIDS[:2], per_class=1, n_val=2)
+    (tmp_path / "src" / "imagenet2012" / "ILSVRC2012_img_train.tar").unlink()  # as tfds: prepare what exists
+    kw = dict(data_dir=tmp_path / "src", tfds_dir=tmp_path / "tfds", verify_checksums=False)
+    assert len(list(stream("imagenet2012", "test", 2, **kw))) == 1
+    with pytest.raises(MissingFileError, match="without its 'train' split.*ILSVRC2012_img_train.tar"):
+        stream("imagenet2012", "train", 2, **kw)
+    assert len(written["val"]) == 2
 
 
 # --------------------------------------------------------------------------- validation split
@@ -222,7 +247,7 @@ def test_validation_split_is_seeded_disjoint_and_complete(synth):
 def test_digits_is_embedded_with_a_fixed_split():
     train, test = load("digits", "train"), load("digits", "test")
     assert train.images.shape == (1347, 8, 8, 1) and test.images.shape == (450, 8, 8, 1)
-    assert train.images.dtype == np.float32 and 0.0 == train.images.min() and train.images.max() == 1.0
+    assert train.images.dtype == np.float32 and train.images.min() == 0.0 and train.images.max() == 1.0
     np.testing.assert_array_equal(np.unique(train.images * 16), np.arange(17))  # 0..16 / 16, exact
     total = np.bincount(train.labels) + np.bincount(test.labels)
     assert np.all(np.abs(np.bincount(test.labels) - total * 450 / 1797) <= 1)  # stratified
@@ -252,7 +277,18 @@ def test_stream_yields_each_example_once_per_epoch_in_a_seeded_order(synth):
 
 def test_stream_validation_matches_load(synth):
     held = _load(synth, "cifar10", "test", validation=True, dtype="uint8")
-    batches = list(stream("cifar10", "test", 3, validation=True, drop_remainder=False, data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8"))
+    batches = list(
+        stream(
+            "cifar10",
+            "test",
+            3,
+            validation=True,
+            drop_remainder=False,
+            data_dir=synth["root"],
+            tfds_dir=synth["tfds_dir"],
+            dtype="uint8",
+        )
+    )
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
     assert rows(images, labels) == rows(held.images, held.labels)
@@ -276,8 +312,19 @@ def test_stream_forwards_producer_errors():
     def broken(index):
         raise ArchiveFormatError("record 3 is corrupt")
 
-    s = BatchStream(spec, broken, np.arange(10), 2, seed=0, epochs=1, shuffle=False, drop_remainder=True,
-                    prefetch=2, out_dtype=np.dtype(np.float32), num_threads=1)
+    s = BatchStream(
+        spec,
+        broken,
+        np.arange(10),
+        2,
+        seed=0,
+        epochs=1,
+        shuffle=False,
+        drop_remainder=True,
+        prefetch=2,
+        out_dtype=np.dtype(np.float32),
+        num_threads=1,
+    )
     with pytest.raises(ArchiveFormatError, match="record 3"):
         next(s)
 
@@ -398,7 +445,8 @@ def test_archive_without_the_expected_members(tmp_path):
 def test_offline_without_archives_fails_fast_with_instructions(tmp_path):
     _fail_fast(
         OfflineError,
-        "unreachable.*" + re.escape(f"put the original archive(s) at: {tmp_path}/cifar10/cifar-10-python.tar.gz (170498071 bytes"),
+        "unreachable.*"
+        + re.escape(f"put the original archive(s) at: {tmp_path}/cifar10/cifar-10-python.tar.gz (170498071 bytes"),
         lambda: load("cifar10", "train", data_dir=tmp_path, tfds_dir=tmp_path / "tfds"),
         probes=True,
     )

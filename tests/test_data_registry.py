@@ -60,7 +60,9 @@ def test_aliases_and_case():
 
 def test_unknown_name_fails_fast_with_the_supported_names(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(UnknownDatasetError, match="unknown dataset 'fashion_mnst'.*fashion_mnist.*Did you mean 'fashion_mnist'"):
+    with pytest.raises(
+        UnknownDatasetError, match="unknown dataset 'fashion_mnst'.*fashion_mnist.*Did you mean 'fashion_mnist'"
+    ):
         load("fashion_mnst", "train", data_dir=tmp_path, tfds_dir=tmp_path / "tfds")
     assert time.perf_counter() - start < 5
     assert not (tmp_path / "tfds").exists()

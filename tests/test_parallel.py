@@ -1,5 +1,11 @@
 """Data parallelism: 4 devices give the same parameters as 1 device for the same global batch.
 
+Float64 (``jax_enable_x64``) isolates the semantics from rounding: in float32 a different
+summation order (one device sums 8 samples, four devices sum 2 and then psum) changes SoftHebb's
+update at the 1e-4 level, because its correlation and decay terms largely cancel; in float64 a
+missing or misplaced reduction (BatchNorm statistics, the sum before the max-|dw| normalisation,
+the firing rates of the homeostasis) still shows as a large difference, rounding does not.
+
 The check runs in a subprocess because the number of (virtual CPU) devices is fixed when JAX
 starts: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 """
@@ -16,7 +22,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
-    jax.config.update("jax_default_matmul_precision", "highest")
+    jax.config.update("jax_enable_x64", True)  # float64: see the module docstring
     from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig
     from hebbjax.train import ArrayData, Trainer, make_mesh
 

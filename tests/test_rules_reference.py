@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -70,7 +71,8 @@ def ref_update(x: np.ndarray, w: np.ndarray, y: np.ndarray, decay: np.ndarray | 
     return dw
 
 
-def dense_problem(rng, batch=6, n_in=5, n_out=4):
+def dense_problem(rng, batch=8, n_in=5, n_out=4):
+    """The suite's standard dense problem (one shape everywhere: compiled rules are reused)."""
     x = rng.normal(size=(batch, n_in)).astype(np.float32)
     w = rng.normal(size=(n_in, n_out)).astype(np.float32)
     return x, w
@@ -94,8 +96,8 @@ def test_softhebb_matches_explicit_loops(rng, assert_close, t_invert):
 
 
 def test_softhebb_signal_is_signed_softmax(rng):
-    u = rng.normal(size=(7, 5)).astype(np.float32) * 2
-    y = np.asarray(softhebb_signal(jnp.asarray(u), 2.0))
+    u = rng.normal(size=(8, 4)).astype(np.float32) * 2
+    y = np.asarray(jax.jit(softhebb_signal)(jnp.asarray(u), 2.0))
     winners = np.argmax(u, axis=1)
     for b in range(u.shape[0]):
         s = np_softmax(2.0 * u[b].astype(np.float64))
@@ -116,7 +118,7 @@ def test_softhebb_signal_is_signed_softmax(rng):
     ids=["soft_wta", "hard_wta", "krotov_rank2", "krotov_rank4"],
 )
 def test_competitive_rules_match_explicit_loops(rng, assert_close, rule, kind, kwargs):
-    x, w = dense_problem(rng, batch=9)
+    x, w = dense_problem(rng)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     u = x64 @ w64
     y = ref_signal(u, kind, **kwargs)
@@ -128,16 +130,16 @@ def test_competitive_rules_match_explicit_loops(rng, assert_close, rule, kind, k
 def test_hard_wta_changes_only_the_winners_rows(rng):
     """Neurons (kernel columns) that never win get an update that is exactly zero; each winner
     moves by sum over the samples it wins of (x - u w)."""
-    n_in, n_out = 6, 5
-    w = rng.normal(size=(n_in, n_out)).astype(np.float32)
+    _, w = dense_problem(rng)
     # Inputs along neuron 0's and neuron 3's weight vectors (scaled up) make those two win.
-    x = np.stack([3 * w[:, 0], 2 * w[:, 3], 4 * w[:, 0] + 0.1 * rng.normal(size=n_in)]).astype(np.float32)
+    scale = rng.uniform(2, 4, size=(8, 1))
+    x = (scale * w[:, [0, 3] * 4].T + 0.1 * rng.normal(size=(8, 5))).astype(np.float32)
     u = x.astype(np.float64) @ w.astype(np.float64)
     winners = np.argmax(u, axis=1)
     assert set(winners.tolist()) == {0, 3}, "test setup: neurons 0 and 3 must be the only winners"
 
     dw = np.asarray(hard_wta(jnp.asarray(w), observe(Dense(), jnp.asarray(w), jnp.asarray(x))))
-    for j in (1, 2, 4):
+    for j in (1, 2):
         assert np.all(dw[:, j] == 0.0), f"neuron {j} never wins but its weights changed"
     for j in (0, 3):
         expected = sum(x[b].astype(np.float64) - u[b, j] * w[:, j] for b in range(len(x)) if winners[b] == j)
@@ -145,29 +147,30 @@ def test_hard_wta_changes_only_the_winners_rows(rng):
 
 
 def test_krotov_hand_built_ranking(rng):
-    """u is built by hand (x = u_target Q^T with Q orthogonal, so x @ Q = u_target): the winner gets
-    +(x - u w), the neuron at rank ``rank`` gets -delta (x - u w), every other neuron exactly zero."""
+    """u is built by hand (x = u_target Q^T with Q^T Q = I, so x @ Q = u_target): the signal is +1 at
+    the winner and -delta at the neuron ranked ``rank``; the winner's update is +(x - u w), the
+    rank-k neuron's is -delta (x - u w), every other neuron's is exactly zero."""
     n = 4
-    q = np.linalg.qr(rng.normal(size=(n, n)))[0].astype(np.float32)
+    q = np.linalg.qr(rng.normal(size=(5, 5)))[0][:, :n].astype(np.float32)  # orthonormal columns
     u_target = np.array([[0.5, 2.0, -1.0, 1.2]], np.float32)  # ranks: 1 -> idx 1, 2 -> idx 3, 3 -> idx 0, 4 -> idx 2
     x = (u_target @ q.T).astype(np.float32)
     acts = observe(Dense(), jnp.asarray(q), jnp.asarray(x))
     np.testing.assert_allclose(acts.u, u_target, atol=1e-5)
 
     delta = 0.7
-    for rank, ranked_idx in [(2, 3), (3, 0), (4, 2)]:
-        signal = np.asarray(krotov_signal(acts.u, rank=rank, delta=delta))
+    signals = jax.jit(lambda u: [krotov_signal(u, rank=r, delta=delta) for r in (2, 3, 4)])(acts.u)
+    for signal, ranked_idx in zip(signals, (3, 0, 2)):
         expected_signal = np.zeros((1, n), np.float32)
         expected_signal[0, 1] = 1.0
         expected_signal[0, ranked_idx] = -delta
         np.testing.assert_allclose(signal, expected_signal, atol=1e-7)
 
-        dw = np.asarray(krotov(jnp.asarray(q), acts, rank=rank, delta=delta))
-        u = np.asarray(acts.u, np.float64)[0]
-        np.testing.assert_allclose(dw[:, 1], x[0] - u[1] * q[:, 1], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(dw[:, ranked_idx], -delta * (x[0] - u[ranked_idx] * q[:, ranked_idx]), rtol=1e-5, atol=1e-6)
-        others = [j for j in range(n) if j not in (1, ranked_idx)]
-        assert np.all(dw[:, others] == 0.0)
+    rank, ranked_idx = 3, 0
+    dw = np.asarray(krotov(jnp.asarray(q), acts, rank=rank, delta=delta))
+    u = np.asarray(acts.u, np.float64)[0]
+    np.testing.assert_allclose(dw[:, 1], x[0] - u[1] * q[:, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw[:, ranked_idx], -delta * (x[0] - u[ranked_idx] * q[:, ranked_idx]), rtol=1e-5, atol=1e-6)
+    assert np.all(dw[:, [2, 3]] == 0.0)
 
 
 def test_winner_mask_ties_go_to_lowest_index():
@@ -179,8 +182,8 @@ def test_winner_mask_ties_go_to_lowest_index():
 def test_y_u_decay_drives_norm_to_one(rng, assert_close, rule):
     """The decay rate y*u makes the norm-1 sphere the fixed point: for every neuron
     <w_j, dw_j> = (sum_b y_bj u_bj) (1 - ||w_j||^2), whatever the data (SoftHebb, ICLR 2023)."""
-    x, w = dense_problem(rng, batch=8, n_in=6, n_out=5)
-    w = w * np.array([0.3, 0.8, 1.0, 2.0, 5.0], np.float32)
+    x, w = dense_problem(rng)
+    w = w * np.array([0.3, 1.0, 2.0, 5.0], np.float32)
     acts = observe(Dense(), jnp.asarray(w), jnp.asarray(x))
     dw = np.asarray(rule(jnp.asarray(w), acts), np.float64)
     u = np.asarray(acts.u, np.float64)
@@ -215,12 +218,12 @@ def test_instar_single_step_by_hand(rng, assert_close):
 
 def test_instar_binary_winner_single_step(rng):
     """With a one-hot y, the winner moves by sum over its samples of (x - w); the others do not move."""
-    x, w = dense_problem(rng, batch=4, n_in=3, n_out=3)
-    y = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+    x, w = dense_problem(rng)
+    y = np.eye(4, dtype=np.float32)[[0, 0, 2, 0, 2, 0, 0, 2]]  # neuron 0 wins 5 samples, 2 wins 3
     dw = np.asarray(instar(jnp.asarray(w), observe(Dense(), jnp.asarray(w), jnp.asarray(x), jnp.asarray(y))))
-    np.testing.assert_allclose(dw[:, 0], x[[0, 1, 3]].sum(0) - 3 * w[:, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dw[:, 2], x[2] - w[:, 2], rtol=1e-5, atol=1e-6)
-    assert np.all(dw[:, 1] == 0.0)
+    np.testing.assert_allclose(dw[:, 0], x[[0, 1, 3, 5, 6]].sum(0) - 5 * w[:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw[:, 2], x[[2, 4, 7]].sum(0) - 3 * w[:, 2], rtol=1e-5, atol=1e-5)
+    assert np.all(dw[:, [1, 3]] == 0.0)
 
 
 def test_instar_default_y_is_u(rng, assert_close):
@@ -263,16 +266,16 @@ def test_hebb_is_the_plain_correlation(rng, assert_close):
 def test_dense_positions_axis_is_summed_like_extra_samples(rng, assert_close, rule):
     """A dense map on (batch, positions, in) sums the update over positions: identical to treating
     every (sample, position) as a sample of its own."""
-    x = rng.normal(size=(3, 4, 5)).astype(np.float32)
-    w = rng.normal(size=(5, 4)).astype(np.float32)
+    x, w = dense_problem(rng)
+    x = x.reshape(2, 4, 5)
     with_positions = rule(jnp.asarray(w), observe(Dense(), jnp.asarray(w), jnp.asarray(x)))
-    flat = rule(jnp.asarray(w), observe(Dense(), jnp.asarray(w), jnp.asarray(x.reshape(12, 5))))
+    flat = rule(jnp.asarray(w), observe(Dense(), jnp.asarray(w), jnp.asarray(x.reshape(8, 5))))
     assert_close(with_positions, flat, rtol=1e-5)
 
 
 def test_dict_params_bias_enters_competition_but_is_not_learned(rng, assert_close):
-    x, w = dense_problem(rng, batch=5, n_in=4, n_out=3)
-    bias = np.array([0.0, 50.0, 0.0], np.float32)  # neuron 1 wins every sample through its bias
+    x, w = dense_problem(rng)
+    bias = np.array([0.0, 50.0, 0.0, 0.0], np.float32)  # neuron 1 wins every sample through its bias
     params = {"kernel": jnp.asarray(w), "bias": jnp.asarray(bias), "scale": jnp.ones((2, 2))}
     acts = observe(Dense(), params, jnp.asarray(x))
     np.testing.assert_allclose(acts.u, x @ w + bias, rtol=1e-5, atol=1e-5)

@@ -40,21 +40,19 @@ def _close(a, b, rtol=1e-5):
 
 
 def test_jit_equals_op_by_op_dense(rng):
-    """The rules, compiled (they are ``jax.jit``-decorated) and run op by op under
-    ``jax.disable_jit()``, give the same update; a modulation vector included. (The conv forms
-    are compared with numpy in test_rules_conv.py.)"""
+    """A rule compiled (the rules are ``jax.jit``-decorated) and run op by op under
+    ``jax.disable_jit()`` gives the same update. (The conv forms are compared with numpy in
+    test_rules_conv.py.)"""
     x = jnp.asarray(rng.normal(size=(8, 5)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
     m = jnp.asarray(rng.normal(size=8).astype(np.float32))
     acts = observe(Dense(), w, x)
-    # (Op-by-op execution compiles every primitive separately, so only the rules whose signals
-    # differ are run: instar/oja cover hebb, softhebb covers soft_wta and hard_wta's winner mask.)
-    names = ["instar", "oja", "softhebb", "krotov", "sparse_topk"]
-    jitted = {name: RULES[name](w, acts) for name in names}
-    jitted["softhebb_modulated"] = softhebb(w, acts, modulation=m)
+    # (Op-by-op execution compiles every primitive separately, which is slow on CPU, so only the
+    # rule that exercises the most code runs: softmax, winner mask, VJP correlation, y*u decay and
+    # the modulation. Every rule's jitted output is checked against numpy in test_rules_reference.)
+    jitted = {"softhebb_modulated": softhebb(w, acts, t_invert=2.0, modulation=m)}
     with jax.disable_jit():
-        eager = {name: RULES[name](w, acts) for name in names}
-        eager["softhebb_modulated"] = softhebb(w, acts, modulation=m)
+        eager = {"softhebb_modulated": softhebb(w, acts, t_invert=2.0, modulation=m)}
     for name in jitted:
         assert np.abs(np.asarray(jitted[name])).max() > 0, name
         _close(jitted[name], eager[name])
@@ -64,27 +62,29 @@ def test_jit_equals_op_by_op_dense(rng):
 def test_vmap_over_independent_layers_equals_a_loop(rng, rule_name):
     """A stack of L independent layers, each with its own data: vmap == Python loop."""
     rule = RULES[rule_name]
-    ws = jnp.asarray(rng.normal(size=(3, 5, 4)).astype(np.float32))
-    xs = jnp.asarray(rng.normal(size=(3, 8, 5)).astype(np.float32))
-    batched = jax.vmap(lambda w, x: rule(w, observe(Dense(), w, x)))(ws, xs)
+    ws = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    xs = rng.normal(size=(3, 8, 5)).astype(np.float32)
+    batched = np.asarray(jax.vmap(lambda w, x: rule(w, observe(Dense(), w, x)))(ws, xs))
     for i in range(3):
-        _close(batched[i], rule(ws[i], observe(Dense(), ws[i], xs[i])))
+        w, x = jnp.asarray(ws[i]), jnp.asarray(xs[i])
+        _close(batched[i], rule(w, observe(Dense(), w, x)))
 
 
 def test_vmap_over_datasets_and_stateful_rule(rng):
     """One layer, several data sets (in_axes=(None, 0)); and sparse_topk with a stack of states."""
     w = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
-    xs = jnp.asarray(rng.normal(size=(3, 8, 5)).astype(np.float32))
-    thetas = jnp.asarray(rng.normal(size=(3, 4)).astype(np.float32) * 0.5)
+    xs = rng.normal(size=(3, 8, 5)).astype(np.float32)
+    thetas = rng.normal(size=(3, 4)).astype(np.float32) * 0.5
 
     def both(w, x, theta):
         acts = observe(Dense(), w, x)
         upd, state = sparse_topk(w, acts, sparse_topk_init(4)._replace(threshold=theta), k=1, homeostasis_rate=0.3)
         return instar(w, acts), upd, state.threshold
 
-    batched = jax.vmap(both, in_axes=(None, 0, 0))(w, xs, thetas)
+    batched = jax.device_get(jax.vmap(both, in_axes=(None, 0, 0))(w, xs, thetas))
+    single_jit = jax.jit(both)
     for i in range(3):
-        single = jax.jit(both)(w, xs[i], thetas[i])
+        single = single_jit(w, xs[i], thetas[i])
         for got, expected in zip(batched, single):
             _close(got[i], expected)
 
@@ -94,8 +94,8 @@ def test_rules_accept_traced_hyperparameters(rng):
     x = jnp.asarray(rng.normal(size=(8, 5)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
     acts = observe(Dense(), w, x)
-    ts = jnp.asarray([0.5, 1.0, 4.0])
-    batched = jax.vmap(lambda t: softhebb(w, acts, t_invert=t))(ts)
+    ts = np.asarray([0.5, 1.0, 4.0], np.float32)
+    batched = np.asarray(jax.vmap(lambda t: softhebb(w, acts, t_invert=t))(ts))
     for i, t in enumerate([0.5, 1.0, 4.0]):
         _close(batched[i], softhebb(w, acts, t_invert=t))
     assert not np.allclose(batched[0], batched[2])

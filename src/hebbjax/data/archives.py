@@ -46,9 +46,7 @@ def verify_file(path: Path, spec: FileSpec) -> None:
     The size is compared first, so a truncated download fails without hashing.
     """
     if not path.is_file():
-        raise MissingFileError(
-            f"missing file {path} (expected {spec.name}: {spec.size} bytes, sha256 {spec.sha256})"
-        )
+        raise MissingFileError(f"missing file {path} (expected {spec.name}: {spec.size} bytes, sha256 {spec.sha256})")
     size = path.stat().st_size
     if size != spec.size:
         raise ChecksumError(
@@ -102,9 +100,7 @@ def read_mnist_split(files: Mapping[str, Path], split: str) -> tuple[np.ndarray,
     images = read_idx_gz(images_path, 3)
     labels = read_idx_gz(labels_path, 1)
     if len(images) != len(labels):
-        raise ArchiveFormatError(
-            f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels"
-        )
+        raise ArchiveFormatError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
     return images, labels
 
 
@@ -120,11 +116,8 @@ def iter_tar(path: Path | IO[bytes], expected: str) -> Iterator[tuple[str, IO[by
     """
     name = getattr(path, "name", path)
     try:
-        if isinstance(path, (str, os.PathLike)):
-            tar = tarfile.open(path, mode="r|*")
-        else:
-            tar = tarfile.open(fileobj=path, mode="r|*")
-        with tar:
+        source = {"name": path} if isinstance(path, (str, os.PathLike)) else {"fileobj": path}
+        with tarfile.open(mode="r|*", **source) as tar:  # "r|*": sequential, any compression
             for member in tar:
                 if member.isfile():
                     fobj = tar.extractfile(member)
@@ -134,9 +127,7 @@ def iter_tar(path: Path | IO[bytes], expected: str) -> Iterator[tuple[str, IO[by
         raise ArchiveFormatError(f"{name}: truncated or corrupt archive ({e}); expected {expected}") from e
 
 
-def read_tar_members(
-    path: Path, wanted: Callable[[str], bool], expected: str
-) -> dict[str, bytes]:
+def read_tar_members(path: Path, wanted: Callable[[str], bool], expected: str) -> dict[str, bytes]:
     """Reads the members whose name satisfies ``wanted`` in one pass over the archive."""
     found: dict[str, bytes] = {}
     for name, fobj in iter_tar(path, expected):
@@ -144,7 +135,9 @@ def read_tar_members(
             try:
                 found[name] = fobj.read()
             except _READ_ERRORS as e:
-                raise ArchiveFormatError(f"{path}: truncated or corrupt member {name} ({e}); expected {expected}") from e
+                raise ArchiveFormatError(
+                    f"{path}: truncated or corrupt member {name} ({e}); expected {expected}"
+                ) from e
     return found
 
 
@@ -205,7 +198,12 @@ _CIFAR_PY = {
     100: ("cifar-100-python", ["train"], ["test"], "meta"),
 }
 _CIFAR_BIN = {
-    10: ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], ["batches.meta.txt"]),
+    10: (
+        "cifar-10-batches-bin",
+        [f"data_batch_{i}.bin" for i in range(1, 6)],
+        ["test_batch.bin"],
+        ["batches.meta.txt"],
+    ),
     100: ("cifar-100-binary", ["train.bin"], ["test.bin"], ["coarse_label_names.txt", "fine_label_names.txt"]),
 }
 
@@ -222,7 +220,7 @@ def read_cifar_python(path: Path, num_classes: int) -> tuple[dict[str, CifarSpli
     splits = {}
     for split, names in (("train", train), ("test", test)):
         images, labels, coarse = [], [], []
-        for name, data in zip(names, _require(members, [f"{folder}/{n}" for n in names], path, expected)):
+        for name, data in zip(names, _require(members, [f"{folder}/{n}" for n in names], path, expected), strict=True):
             batch = _unpickle(data, f"{path}:{folder}/{name}")
             try:
                 rows = np.asarray(batch[b"data"], np.uint8)
@@ -266,7 +264,10 @@ def read_cifar_binary(path: Path, num_classes: int) -> tuple[dict[str, CifarSpli
                 f"{path}: {split} records total {len(data)} bytes, not a multiple of {record}; expected {expected}"
             )
         rows = np.frombuffer(data, np.uint8).reshape(-1, record)
-        split_data = {"image": _chw_rows_to_hwc(rows[:, n_labels:], 32), "label": rows[:, n_labels - 1].astype(np.int64)}
+        split_data = {
+            "image": _chw_rows_to_hwc(rows[:, n_labels:], 32),
+            "label": rows[:, n_labels - 1].astype(np.int64),
+        }
         if n_labels == 2:
             split_data["coarse_label"] = rows[:, 0].astype(np.int64)
         splits[split] = split_data
@@ -338,7 +339,9 @@ def _stream_stl_images(path: Path, name: str, fobj: IO[bytes], chunk: int) -> It
         try:
             data = fobj.read(chunk * _STL_IMAGE_BYTES)
         except _READ_ERRORS as e:
-            raise ArchiveFormatError(f"{path}: truncated or corrupt member {name} ({e}); expected {_STL_EXPECTED}") from e
+            raise ArchiveFormatError(
+                f"{path}: truncated or corrupt member {name} ({e}); expected {_STL_EXPECTED}"
+            ) from e
         if not data:
             return
         images = _read_stl_images(path, name, data)
@@ -385,7 +388,7 @@ def imagenet_validation_labels(path: Path, labels_file: Path) -> dict[str, str]:
     """
     names = sorted(name for name, _ in iter_tar(path, "ILSVRC2012 validation tar of JPEGs"))
     labels = labels_file.read_text().strip().splitlines()
-    return dict(zip(names, labels))
+    return dict(zip(names, labels, strict=False))  # the labels file lists all 50k images
 
 
 def iter_imagenet_validation(path: Path, labels: Mapping[str, str]) -> Iterator[tuple[str, str, bytes]]:

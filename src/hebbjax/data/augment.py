@@ -1,8 +1,10 @@
 """Data augmentation on the device: jit-compiled, per sample, reproducible from a key.
 
 Every augmentation is ``fn(key, images, **options) -> images`` on an (N, H, W, C)
-batch: ``key`` is split into one key per sample, so each image gets its own
-random draw and the same key always gives the same batch. They follow the
+batch and the same key always gives the same batch. The crops split ``key`` into
+one key per sample (vmapped); flip and noise, being element-wise, draw one array
+for the whole batch, which gives each sample its own independent draw with a
+single PRNG call. They follow the
 torchvision transforms used by SoftHebb (seed_algorithms.md §1.9):
 
 * :func:`random_crop`: ``RandomCrop(size, padding=4, padding_mode="reflect")``;
@@ -11,7 +13,7 @@ torchvision transforms used by SoftHebb (seed_algorithms.md §1.9):
 * :func:`random_resized_crop`: ``RandomResizedCrop(160, scale=(0.08, 1),
   ratio=(3/4, 4/3))`` with bilinear, antialiased resampling.
 
-:func:`make_augmentation` composes them by name into one jitted function.
+:func:`make_augmentation` composes them by name.
 Pixel-wise normalisation commutes with all of them except noise, so they can run
 on normalised images.
 """
@@ -38,7 +40,10 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Arra
 
     def one(k: jax.Array, image: jax.Array) -> jax.Array:
         padded = jnp.pad(image, pad, mode="reflect")
-        top, left = jax.random.randint(k, (2,), 0, 2 * padding + 1)  # both ends included
+        # Offsets 0..2*padding, both ends included. One uniform draw (rather than
+        # randint's several) keeps the XLA program, and its compile time, small.
+        offsets = jnp.floor(jax.random.uniform(k, (2,)) * (2 * padding + 1)).astype(jnp.int32)
+        top, left = jnp.minimum(offsets, 2 * padding)
         return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
     return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
@@ -66,18 +71,19 @@ def _crop_box(
     Returns (top, left, crop height, crop width) as float32 scalars: the first
     attempt whose box fits, else the centre crop with the ratio clamped.
     """
-    k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+    # All uniforms in one draw: a single PRNG call compiles much faster than five.
+    u = jax.random.uniform(key, (2 * attempts + 2,))
     area = height * width
-    target = area * jax.random.uniform(k_area, (attempts,), minval=scale[0], maxval=scale[1])
-    log_ratio = jax.random.uniform(k_ratio, (attempts,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-    aspect = jnp.exp(log_ratio)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[:attempts])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(lo + (hi - lo) * u[attempts : 2 * attempts])
     w = jnp.round(jnp.sqrt(target * aspect))
     h = jnp.round(jnp.sqrt(target / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = jnp.argmax(fits)  # first fitting attempt (0 if none; then unused)
     h_ok, w_ok = h[first], w[first]
-    top_ok = jnp.floor(jax.random.uniform(k_top, ()) * (height - h_ok + 1))
-    left_ok = jnp.floor(jax.random.uniform(k_left, ()) * (width - w_ok + 1))
+    top_ok = jnp.minimum(jnp.floor(u[-2] * (height - h_ok + 1)), height - h_ok)
+    left_ok = jnp.minimum(jnp.floor(u[-1] * (width - w_ok + 1)), width - w_ok)
     # Fallback: whole image, cropped to the nearest allowed aspect ratio.
     in_ratio = width / height
     if in_ratio < ratio[0]:
@@ -92,13 +98,17 @@ def _crop_box(
     return pick(top_ok, top_fb), pick(left_ok, left_fb), pick(h_ok, h_fb), pick(w_ok, w_fb)
 
 
-def resize_box(image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array, w: jax.Array, size: int) -> jax.Array:
-    """Resamples the box (top, left, h, w) of one (H, W, C) image to (size, size, C),
-    bilinear with antialiasing when shrinking (torchvision ``antialias=True``)."""
-    sy, sx = size / h, size / w
+def resize_box(
+    image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array, w: jax.Array, size: int | tuple[int, int]
+) -> jax.Array:
+    """Resamples the box (top, left, h, w) of one (H, W, C) image to ``size``
+    (side, or (height, width)), bilinear with antialiasing when shrinking
+    (torchvision ``antialias=True``)."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    sy, sx = out_h / h, out_w / w
     return jax.image.scale_and_translate(
         image,
-        (size, size, image.shape[-1]),
+        (out_h, out_w, image.shape[-1]),
         spatial_dims=(0, 1),
         scale=jnp.stack([sy, sx]),
         translation=jnp.stack([-top * sy, -left * sx]),
@@ -111,19 +121,21 @@ def resize_box(image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array, 
 def random_resized_crop(
     key: jax.Array,
     images: jax.Array,
-    size: int = 160,
+    size: int | None = None,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> jax.Array:
     """Crops a random box of random area (fraction ``scale``) and aspect ratio
     (``ratio``, sampled log-uniformly) from each image and resizes it to
-    ``size`` x ``size``. Integer images are converted to float32."""
+    ``size`` x ``size`` (default: the input's own H x W, e.g. 160 for ImageNet
+    as hebbjax loads it). Integer images are converted to float32."""
     _, height, width, _ = images.shape
     images = images.astype(jnp.result_type(images.dtype, jnp.float32))
+    out = (size, size) if size is not None else (height, width)
 
     def one(k: jax.Array, image: jax.Array) -> jax.Array:
         top, left, h, w = _crop_box(k, height, width, tuple(scale), tuple(ratio))
-        return resize_box(image, top, left, h, w, size)
+        return resize_box(image, top, left, h, w, out)
 
     return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
 
@@ -157,8 +169,10 @@ def make_augmentation(names: Sequence[str], **options: object) -> Augmentation:
         ``ratio`` (resized_crop).
 
     Returns:
-      A jitted ``fn(key, images) -> images``; each augmentation gets its own
-      sub-key of ``key``.
+      ``fn(key, images) -> images`` calling the jit-compiled augmentations in
+      turn, each with its own sub-key of ``key``. It is not wrapped in another
+      ``jit``: inside a jitted training step it is traced into the step, and
+      called alone it reuses each augmentation's compiled program.
 
     Raises:
       ValueError: unknown name, or an option no chosen augmentation takes.
@@ -178,9 +192,8 @@ def make_augmentation(names: Sequence[str], **options: object) -> Augmentation:
     if unused:
         raise ValueError(f"option(s) {sorted(unused)} are not taken by augmentations {list(names)}")
 
-    @jax.jit
     def augment(key: jax.Array, images: jax.Array) -> jax.Array:
-        for step_key, step in zip(jax.random.split(key, max(1, len(steps))), steps):
+        for step_key, step in zip(jax.random.split(key, max(1, len(steps))), steps, strict=False):
             images = step(step_key, images)
         return images
 

@@ -105,7 +105,7 @@ def _idx_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mapping
 
     def generate(split: str) -> Iterator[Example]:
         images, labels = archives.read_mnist_split(files, split)
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             yield i, {"image": encode_png(image), "label": int(label)}
 
     return {"train": generate("train"), "test": generate("test")}
@@ -113,7 +113,9 @@ def _idx_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mapping
 
 def _cifar_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mapping[str, Path]) -> SplitGenerators:
     (path,) = files.values()
-    read = archives.read_cifar_python if builder._hebbjax_variant.format == "cifar_python" else archives.read_cifar_binary
+    read = (
+        archives.read_cifar_python if builder._hebbjax_variant.format == "cifar_python" else archives.read_cifar_binary
+    )
     splits, label_names = read(path, spec.num_classes)  # small: read eagerly, errors surface now
     builder._set_label_names(label_names)
 
@@ -136,7 +138,7 @@ def _stl10_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mappi
     def generate(split: str) -> Iterator[Example]:
         index = 0
         for images, labels in archives.iter_stl10(path, split):
-            for image, label in zip(images, labels):
+            for image, label in zip(images, labels, strict=True):
                 yield index, {"image": encode_png(image), "label": int(label)}
                 index += 1
 
@@ -184,4 +186,3 @@ _READERS = {
     "imagenette_tgz": _imagenette_splits,
     "imagenet_tar": _imagenet_splits,
 }
-

@@ -56,55 +56,86 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     )
 
 
-def _decode_png_fast(data: bytes) -> np.ndarray | None:
-    """Decodes an 8-bit, non-interlaced PNG whose rows all use filter 0 or 2 (Up).
+def _ihdr(shape: tuple[int, int, int]) -> bytes:
+    """IHDR body of an 8-bit, non-interlaced PNG of ``shape`` (H, W, C)."""
+    h, w, c = shape
+    return struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[c], 0, 0, 0)
 
-    Returns None when the PNG uses anything else, so the caller can fall back to
-    PIL; never returns wrong pixels for a valid PNG.
+
+def _idat(data: bytes, ihdr: bytes) -> bytes | None:
+    """The IDAT payload of a PNG whose IHDR body is ``ihdr``; None otherwise.
+
+    The IHDR chunk always comes first (PNG spec), so its body is at bytes 16..29.
     """
-    if not data.startswith(_PNG_SIGNATURE):
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[16:29] != ihdr:
         return None
-    pos, idat, shape = 8, [], None
-    try:
-        while pos < len(data):
-            (length,) = struct.unpack_from(">I", data, pos)
-            tag = data[pos + 4 : pos + 8]
-            body = data[pos + 8 : pos + 8 + length]
-            pos += 12 + length
-            if tag == b"IHDR":
-                w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-                if depth != 8 or interlace or ctype not in _CHANNELS:
-                    return None
-                shape = (h, w, _CHANNELS[ctype])
-            elif tag == b"IDAT":
-                idat.append(body)
-            elif tag == b"IEND":
-                break
-            elif tag == b"PLTE":
-                return None
-        if shape is None:
-            return None
-        h, w, c = shape
-        raw = zlib.decompress(b"".join(idat), bufsize=h * (1 + w * c))  # exact size: one allocation
-        rows = np.frombuffer(raw, np.uint8)
-        rows = rows.reshape(h, 1 + w * c)
-    except (struct.error, zlib.error, ValueError):
-        return None
-    filters = rows[:, 0]
-    pixels = rows[:, 1:]
-    if np.any(filters > 2) or np.any(filters == 1):
-        return None
-    if np.any(filters == 2):
+    pos, parts, end = 33, [], len(data)
+    while pos + 8 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        tag = data[pos + 4 : pos + 8]
+        if tag == b"IDAT":
+            parts.append(data[pos + 8 : pos + 8 + length])
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _decode_png_batch(blobs: Sequence[bytes], shape: tuple[int, int, int], out: np.ndarray) -> list[int]:
+    """Decodes PNGs of ``shape`` into ``out`` with zlib + numpy, vectorised over the batch.
+
+    Handles rows filtered with "None" (0) or "Up" (2), which covers every PNG
+    :func:`encode_png` writes. Returns the indices it could not decode (other
+    filters, other formats, corrupt data), left for PIL; it never writes wrong pixels.
+    """
+    h, w, c = shape
+    size = h * (1 + w * c)
+    ihdr = _ihdr(shape)
+    raws, done, failed = [], [], []
+    for i, blob in enumerate(blobs):
+        payload = _idat(blob, ihdr)
+        try:
+            raw = zlib.decompress(payload, bufsize=size) if payload is not None else b""
+        except zlib.error:
+            raw = b""
+        if len(raw) == size:
+            raws.append(raw)
+            done.append(i)
+        else:
+            failed.append(i)
+    if not done:
+        return failed
+    rows = np.frombuffer(b"".join(raws), np.uint8).reshape(len(done), h, 1 + w * c)
+    filters, pixels = rows[:, :, 0], rows[:, :, 1:]
+    if filters.any():
+        unsupported = ((filters != 0) & (filters != 2)).any(axis=1)
         pixels = pixels.copy()
-        for r in np.nonzero(filters == 2)[0]:
-            if r > 0:  # "Up" on the first row adds zeros
-                pixels[r] += pixels[r - 1]  # uint8 wraps modulo 256, as PNG requires
-    return pixels.reshape(h, w, c)
+        up = filters == 2
+        for r in range(1, h):  # "Up" adds the row above (already unfiltered); row 0 adds zeros
+            if up[:, r].any():
+                pixels[up[:, r], r] += pixels[up[:, r], r - 1]  # uint8 wraps modulo 256, as PNG requires
+        failed.extend(done[k] for k in np.nonzero(unsupported)[0])
+        keep = np.nonzero(~unsupported)[0]
+        out[np.asarray(done)[keep]] = pixels[keep].reshape(-1, h, w, c)
+    elif len(done) == len(blobs):
+        out[:] = pixels.reshape(-1, h, w, c)
+    else:
+        out[np.asarray(done)] = pixels.reshape(-1, h, w, c)
+    return sorted(failed)
 
 
-def decode_image(
-    data: bytes, *, channels: int | None = None, size: int | None = None
-) -> np.ndarray:
+def _decode_png_fast(data: bytes) -> np.ndarray | None:
+    """Single-image :func:`_decode_png_batch`; None when PIL is needed."""
+    if data[12:16] != b"IHDR" or len(data) < 29:
+        return None
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 8 or interlace or ctype not in _CHANNELS or not (0 < h * w <= 1 << 26):
+        return None
+    out = np.empty((1, h, w, _CHANNELS[ctype]), np.uint8)
+    return None if _decode_png_batch([data], out.shape[1:], out) else out[0]
+
+
+def decode_image(data: bytes, *, channels: int | None = None, size: int | None = None) -> np.ndarray:
     """Decodes PNG/JPEG bytes to uint8 (H, W, C).
 
     Args:
@@ -155,7 +186,9 @@ def decode_batch(
     if out is None:
         out = np.empty((len(blobs), *shape), np.uint8)
     channels = shape[-1]
-    for i, blob in enumerate(blobs):
+    todo = range(len(blobs)) if size is not None else _decode_png_batch(blobs, shape, out)
+    for i in todo:  # JPEGs, resizing, or PNGs the fast path leaves to PIL
+        blob = blobs[i]
         image = decode_image(blob, channels=channels, size=size)
         if image.shape != shape:
             raise ValueError(f"decoded image {i} has shape {image.shape}, expected {shape}")

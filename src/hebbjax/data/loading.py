@@ -15,8 +15,8 @@ Pixel conventions (seed_algorithms.md §1.4, §1.9, §3.2):
   160 px (bilinear, antialiased, like torchvision ``Resize(160)``) and centre-cropped
   to 160 x 160 so that they batch.
 * ``digits`` (scikit-learn's 8x8 digits, values 0..16): divided by 16 -> float32 in
-  [0, 1], exactly (no uint8 rounding). Split: a fixed stratified 1347 / 450
-  train / test split (``train_test_split(test_size=450, random_state=0)``).
+  [0, 1], exactly (no uint8 rounding). Split: a fixed seeded stratified 1347 / 450
+  train / test split (:func:`stratified_split`, seed 0).
 
 STL-10 ``unlabelled`` (100k images) is returned as **uint8** by default (2.8 GB
 instead of 11 GB as float32); convert batches on the device with
@@ -30,6 +30,8 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import importlib.util
+import json
 import os
 import queue
 import threading
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hebbjax.data.errors import MissingFileError
 from hebbjax.data.images import decode_batch
 from hebbjax.data.preparation import FileChecksums, prepare, prepared_path
 from hebbjax.data.registry import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, get_spec
@@ -75,6 +78,13 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, split={self.split!r}, images={self.images.dtype}{self.images.shape}, "
+            f"labels={self.labels.dtype}{self.labels.shape}, num_classes={self.num_classes}, "
+            f"normalization={self.normalization!r})"
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -139,28 +149,63 @@ def _resolve_split(spec: DatasetSpec, split: str, validation: bool) -> tuple[str
 # --------------------------------------------------------------------------- digits
 
 
-@functools.cache
-def _digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def stratified_split(labels: np.ndarray, test_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``range(len(labels))`` into sorted (train, test) indices.
+
+    Each class gives ``test_size * class_count / n`` test examples, rounded down,
+    plus one for the classes with the largest remainders, so the total is exact.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * test_size / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: test_size - take.sum()]] += 1
+    per_class = zip(classes, take, strict=True)
+    test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in per_class])
+    return np.setdiff1d(np.arange(len(labels)), test), np.sort(test)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1797 x 64 values 0..16, labels 0..9).
+
+    Read from the CSV that scikit-learn ships, without importing scikit-learn
+    (whose import takes seconds); falls back to ``load_digits`` if it moved.
+    """
+    found = importlib.util.find_spec("sklearn")
+    locations = list(found.submodule_search_locations or []) if found else []
+    for folder in locations:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1], data[:, -1]
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
-    images = (bunch.images / 16.0).astype(np.float32)[..., None]  # 0..16 -> [0, 1], exact
-    labels = bunch.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=_DIGITS_TEST_SIZE, random_state=0, stratify=labels
-    )
-    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
+    return bunch.data, bunch.target
+
+
+@functools.cache
+def _digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    pixels, target = _digits_arrays()
+    images = (pixels.reshape(-1, 8, 8, 1) / 16.0).astype(np.float32)  # 0..16 -> [0, 1], exact
+    labels = target.astype(np.int32)
+    train, test = stratified_split(labels, _DIGITS_TEST_SIZE, seed=0)
+    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
 # --------------------------------------------------------------------------- tfds reading
 
 
+@functools.cache
+def _example_parser() -> Any:
+    from tensorflow_datasets.proto import tf_example_pb2  # protobuf only, no TensorFlow
+
+    return tf_example_pb2.Example.FromString
+
+
 def _record_fields(record: bytes) -> tuple[bytes, int]:
     """(image bytes, label) of one serialized tfds example (a tf.train.Example)."""
-    from tensorflow_datasets.proto import tf_example_pb2
-
-    feature = tf_example_pb2.Example.FromString(record).features.feature
+    feature = _example_parser()(record).features.feature
     return feature["image"].bytes_list.value[0], int(feature["label"].int64_list.value[0])
 
 
@@ -170,9 +215,25 @@ def _decode_records(records: Sequence[bytes], spec: DatasetSpec, out: np.ndarray
     decode_batch([blob for blob, _ in fields], spec.image_shape, size=spec.resize, out=out)
 
 
+def _check_split_prepared(spec: DatasetSpec, tfds_dir: Path, split: str) -> None:
+    """ImageNet is prepared from whichever split tars exist, as in tfds; say so
+    clearly when the requested split was not among them."""
+    folder = prepared_path(spec, tfds_dir)
+    info = json.loads((folder / "dataset_info.json").read_text())
+    available = [s.get("name") for s in info.get("splits", [])]
+    if spec.tfds_split(split) not in available:
+        raise MissingFileError(
+            f"{spec.name!r} was prepared in {folder} without its {spec.tfds_split(split)!r} split "
+            f"(its archive was missing then; prepared splits: {available}). Add the archive "
+            f"({', '.join(f.name for v in spec.variants for f in v.files)}) and delete {folder} to prepare it again."
+        )
+
+
 def _data_source(spec: DatasetSpec, tfds_dir: Path, split: str) -> Any:
+    """Random access to the split's serialized records, via ``tfds.data_source``."""
     import tensorflow_datasets as tfds
 
+    _check_split_prepared(spec, tfds_dir, split)
     return tfds.data_source(
         spec.tfds_name,
         split=spec.tfds_split(split),
@@ -186,7 +247,7 @@ def _class_names(spec: DatasetSpec, tfds_dir: Path) -> tuple[str, ...]:
     names = prepared_path(spec, tfds_dir) / "label.labels.txt"  # written by tfds' ClassLabel
     if names.is_file():
         return tuple(n for n in names.read_text().splitlines() if n)
-    return ()
+    return tuple(str(i) for i in range(spec.num_classes))  # ClassLabel(num_classes=...) has no names
 
 
 def _read_split(spec: DatasetSpec, tfds_dir: Path, split: str, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +363,10 @@ def load(
         fit, held_out = validation_split(len(labels), seed)
         index = held_out if part else fit
         images, labels = images[index], labels[index]
-    out_dtype = np.dtype(dtype) if dtype is not None else (
-        np.dtype(np.uint8) if split in spec.uint8_splits else np.dtype(np.float32)
+    out_dtype = (
+        np.dtype(dtype)
+        if dtype is not None
+        else (np.dtype(np.uint8) if split in spec.uint8_splits else np.dtype(np.float32))
     )
     if images.dtype == np.uint8 and out_dtype == np.float32:
         images = _to_float_chunked(images, spec.normalization)
@@ -320,7 +383,9 @@ def load(
     )
 
 
-def _batch_indices(indices: np.ndarray, batch_size: int, seed: int, epochs: int | None, shuffle: bool, drop: bool) -> Iterator[np.ndarray]:
+def _batch_indices(
+    indices: np.ndarray, batch_size: int, seed: int, epochs: int | None, shuffle: bool, drop: bool
+) -> Iterator[np.ndarray]:
     """Index batches, in a fresh seeded order each epoch (seed, epoch)."""
     epoch = 0
     while epochs is None or epoch < epochs:

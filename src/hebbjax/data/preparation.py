@@ -57,9 +57,7 @@ def source_root(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(root).expanduser() if root is not None else None
 
 
-def tfds_dir_candidates(
-    data_dir: str | os.PathLike | None, tfds_dir: str | os.PathLike | None = None
-) -> list[Path]:
+def tfds_dir_candidates(data_dir: str | os.PathLike | None, tfds_dir: str | os.PathLike | None = None) -> list[Path]:
     """The tfds data_dirs to look in for a prepared dataset, in order."""
     if tfds_dir is not None:
         return [Path(tfds_dir).expanduser()]
@@ -114,8 +112,7 @@ def find_sources(spec: DatasetSpec, source_dir: Path) -> tuple[SourceVariant, di
         kind = "any of" if variant.optional else "all of"
         options.append(f"{kind}: " + "; ".join(_describe(source_dir / f.name, f) for f in missing))
     raise MissingFileError(
-        f"cannot prepare {spec.name!r} offline: missing file(s) in {source_dir}. Expected "
-        + " -- or -- ".join(options)
+        f"cannot prepare {spec.name!r} offline: missing file(s) in {source_dir}. Expected " + " -- or -- ".join(options)
     )
 
 
@@ -226,9 +223,7 @@ def _network_reachable(urls: list[str], timeout: float = _PROBE_TIMEOUT_S) -> bo
 
 def _offline_instructions(spec: DatasetSpec, root: Path | None) -> str:
     folder = (root or Path(f"${ENV_DATA_DIR}")) / spec.name
-    options = " -- or -- ".join(
-        "; ".join(_describe(folder / f.name, f) for f in v.files) for v in spec.variants
-    )
+    options = " -- or -- ".join("; ".join(_describe(folder / f.name, f) for f in v.files) for v in spec.variants)
     return f"To prepare it offline, put the original archive(s) at: {options}"
 
 
@@ -288,4 +283,3 @@ def prepare(
         )
     _build(spec, target, variant, None)
     return target
-

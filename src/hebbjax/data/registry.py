@@ -92,10 +92,7 @@ class DatasetSpec:
     def tfds_split(self, split: str) -> str:
         """Maps a hebbjax split name ("test") to the tfds one ("validation")."""
         if split not in self.splits:
-            raise ValueError(
-                f"dataset {self.name!r} has no split {split!r}; "
-                f"available: {sorted(self.splits)}"
-            )
+            raise ValueError(f"dataset {self.name!r} has no split {split!r}; available: {sorted(self.splits)}")
         return self.splits[split]
 
 
@@ -134,10 +131,22 @@ DATASETS: dict[str, DatasetSpec] = {
                     _mnist_files(
                         _MNIST_URL,
                         {
-                            "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-                            "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-                            "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-                            "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+                            "train-images-idx3-ubyte.gz": (
+                                9912422,
+                                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                            ),
+                            "train-labels-idx1-ubyte.gz": (
+                                28881,
+                                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                            ),
+                            "t10k-images-idx3-ubyte.gz": (
+                                1648877,
+                                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                            ),
+                            "t10k-labels-idx1-ubyte.gz": (
+                                4542,
+                                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                            ),
                         },
                     ),
                 ),
@@ -155,10 +164,22 @@ DATASETS: dict[str, DatasetSpec] = {
                     _mnist_files(
                         _FASHION_URL,
                         {
-                            "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-                            "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-                            "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-                            "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+                            "train-images-idx3-ubyte.gz": (
+                                26421880,
+                                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                            ),
+                            "train-labels-idx1-ubyte.gz": (
+                                29515,
+                                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                            ),
+                            "t10k-images-idx3-ubyte.gz": (
+                                4422102,
+                                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                            ),
+                            "t10k-labels-idx1-ubyte.gz": (
+                                5148,
+                                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                            ),
                         },
                     ),
                 ),
@@ -173,12 +194,26 @@ DATASETS: dict[str, DatasetSpec] = {
             variants=(
                 SourceVariant(
                     "cifar_python",
-                    (FileSpec("cifar-10-python.tar.gz", 170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", _KRIZ + "cifar-10-python.tar.gz"),),
+                    (
+                        FileSpec(
+                            "cifar-10-python.tar.gz",
+                            170498071,
+                            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+                            _KRIZ + "cifar-10-python.tar.gz",
+                        ),
+                    ),
                     registered=False,
                 ),
                 SourceVariant(
                     "cifar_binary",
-                    (FileSpec("cifar-10-binary.tar.gz", 170052171, "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd", _KRIZ + "cifar-10-binary.tar.gz"),),
+                    (
+                        FileSpec(
+                            "cifar-10-binary.tar.gz",
+                            170052171,
+                            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+                            _KRIZ + "cifar-10-binary.tar.gz",
+                        ),
+                    ),
                 ),
             ),
         ),
@@ -191,12 +226,26 @@ DATASETS: dict[str, DatasetSpec] = {
             variants=(
                 SourceVariant(
                     "cifar_python",
-                    (FileSpec("cifar-100-python.tar.gz", 169001437, "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", _KRIZ + "cifar-100-python.tar.gz"),),
+                    (
+                        FileSpec(
+                            "cifar-100-python.tar.gz",
+                            169001437,
+                            "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+                            _KRIZ + "cifar-100-python.tar.gz",
+                        ),
+                    ),
                     registered=False,
                 ),
                 SourceVariant(
                     "cifar_binary",
-                    (FileSpec("cifar-100-binary.tar.gz", 168513733, "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec", _KRIZ + "cifar-100-binary.tar.gz"),),
+                    (
+                        FileSpec(
+                            "cifar-100-binary.tar.gz",
+                            168513733,
+                            "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
+                            _KRIZ + "cifar-100-binary.tar.gz",
+                        ),
+                    ),
                 ),
             ),
         ),
@@ -209,7 +258,14 @@ DATASETS: dict[str, DatasetSpec] = {
             variants=(
                 SourceVariant(
                     "stl10_binary",
-                    (FileSpec("stl10_binary.tar.gz", 2640397119, "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),),
+                    (
+                        FileSpec(
+                            "stl10_binary.tar.gz",
+                            2640397119,
+                            "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866",
+                            "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+                        ),
+                    ),
                 ),
             ),
             # 100k x 96x96x3 is 2.8 GB as uint8 but 11 GB as float32: keep it uint8.
@@ -225,7 +281,14 @@ DATASETS: dict[str, DatasetSpec] = {
             variants=(
                 SourceVariant(
                     "imagenette_tgz",
-                    (FileSpec("imagenette2-160.tgz", 99003388, "64d0c4859f35a461889e0147755a999a48b49bf38a7e0f9bd27003f10db02fe5", _FASTAI + "imagenette2-160.tgz"),),
+                    (
+                        FileSpec(
+                            "imagenette2-160.tgz",
+                            99003388,
+                            "64d0c4859f35a461889e0147755a999a48b49bf38a7e0f9bd27003f10db02fe5",
+                            _FASTAI + "imagenette2-160.tgz",
+                        ),
+                    ),
                 ),
             ),
             normalization="imagenet",
@@ -241,8 +304,18 @@ DATASETS: dict[str, DatasetSpec] = {
                 SourceVariant(
                     "imagenet_tar",
                     (
-                        FileSpec("ILSVRC2012_img_train.tar", 147897477120, "b08200a27a8e34218a0e58fde36b0fe8f73bc377f4acea2d91602057c3ca45bb", _IMAGENET + "ILSVRC2012_img_train.tar"),
-                        FileSpec("ILSVRC2012_img_val.tar", 6744924160, "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0", _IMAGENET + "ILSVRC2012_img_val.tar"),
+                        FileSpec(
+                            "ILSVRC2012_img_train.tar",
+                            147897477120,
+                            "b08200a27a8e34218a0e58fde36b0fe8f73bc377f4acea2d91602057c3ca45bb",
+                            _IMAGENET + "ILSVRC2012_img_train.tar",
+                        ),
+                        FileSpec(
+                            "ILSVRC2012_img_val.tar",
+                            6744924160,
+                            "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
+                            _IMAGENET + "ILSVRC2012_img_val.tar",
+                        ),
                     ),
                     optional=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
                 ),
@@ -279,6 +352,4 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[key]
     close = difflib.get_close_matches(key, [*DATASETS, *ALIASES], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownDatasetError(
-        f"unknown dataset {name!r}. Supported: {', '.join(sorted(DATASETS))}.{hint}"
-    )
+    raise UnknownDatasetError(f"unknown dataset {name!r}. Supported: {', '.join(sorted(DATASETS))}.{hint}")

@@ -90,7 +90,9 @@ def _chw_rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # R plane, G plane, B plane
 
 
-def write_cifar_python(folder: Path, num_classes: int = 10, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Arrays:
+def write_cifar_python(
+    folder: Path, num_classes: int = 10, n_train: int = 50, n_test: int = 20, seed: int = 0
+) -> Arrays:
     """``cifar-10-python.tar.gz`` (5 train batches + test_batch + batches.meta in
     ``cifar-10-batches-py/``) or ``cifar-100-python.tar.gz`` (train, test, meta in
     ``cifar-100-python/``), pickled with bytes keys like the originals."""
@@ -128,7 +130,9 @@ def write_cifar_python(folder: Path, num_classes: int = 10, n_train: int = 50, n
     return out
 
 
-def write_cifar_binary(folder: Path, num_classes: int = 10, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Arrays:
+def write_cifar_binary(
+    folder: Path, num_classes: int = 10, n_train: int = 50, n_test: int = 20, seed: int = 0
+) -> Arrays:
     """``cifar-10-binary.tar.gz`` / ``cifar-100-binary.tar.gz``: records of label
     byte(s) (CIFAR-100: coarse then fine) followed by 3072 pixel bytes."""
     rng = np.random.default_rng(seed)
@@ -171,7 +175,11 @@ def write_stl10(folder: Path, n_train: int = 20, n_test: int = 10, n_unlabelled:
         "stl10_binary/class_names.txt": "\n".join(f"stl{i}" for i in range(10)).encode() + b"\n"
     }
     out: Arrays = {}
-    for split, stem, n in (("train", "train", n_train), ("test", "test", n_test), ("unlabelled", "unlabeled", n_unlabelled)):
+    for split, stem, n in (
+        ("train", "train", n_train),
+        ("test", "test", n_test),
+        ("unlabelled", "unlabeled", n_unlabelled),
+    ):
         images = _images(rng, n, (96, 96, 3))
         members[f"stl10_binary/{stem}_X.bin"] = images.transpose(0, 3, 2, 1).tobytes()  # (N, C, W, H)
         labels = rng.integers(0, 10, n) if split != "unlabelled" else np.full(n, -1)
@@ -202,7 +210,12 @@ def _smooth_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarr
 
 
 def write_imagenette(
-    folder: Path, wnids: list[str], per_class: int = 2, n_val: int = 1, shape: tuple[int, int] = (160, 200), seed: int = 0
+    folder: Path,
+    wnids: list[str],
+    per_class: int = 2,
+    n_val: int = 1,
+    shape: tuple[int, int] = (160, 200),
+    seed: int = 0,
 ) -> dict[str, dict[str, bytes]]:
     """``imagenette2-160.tgz``: ``imagenette2-160/{train,val}/<wnid>/<name>.JPEG``.
 
@@ -221,7 +234,12 @@ def write_imagenette(
 
 
 def write_imagenet(
-    folder: Path, wnids: list[str], per_class: int = 2, n_val: int = 4, shape: tuple[int, int] = (120, 180), seed: int = 0
+    folder: Path,
+    wnids: list[str],
+    per_class: int = 2,
+    n_val: int = 4,
+    shape: tuple[int, int] = (120, 180),
+    seed: int = 0,
 ) -> dict[str, dict[str, bytes]]:
     """``ILSVRC2012_img_train.tar`` (one ``<wnid>.tar`` of ``<wnid>_<i>.JPEG`` per
     class; the first image of the first class is CMYK, the second a PNG, as a few

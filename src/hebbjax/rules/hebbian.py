@@ -31,9 +31,28 @@ def correlation(linear: LinearMap, kernel: Array, x: Array, y: Array) -> Array:
     Equation: ``C = d/dW <sg(y), linear(W, x)>``. For ``Dense`` this is ``x^T y``; for ``Conv`` it is
     the weight-gradient convolution that SoftHebb's ``hebbconv.delta_weight`` writes by hand.
     """
-    _, vjp = jax.vjp(lambda w: linear(w, x), kernel)
+    _, vjp = jax.vjp(lambda w: linear(w, x), _vary_like(kernel, x))
     (c,) = vjp(jax.lax.stop_gradient(y).astype(kernel.dtype))
     return c
+
+
+def _varying_axes(a: Array) -> frozenset:
+    aval = jax.typeof(a)
+    mat = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))  # JAX 0.6 - 0.9
+
+
+def _vary_like(kernel: Array, x: Array) -> Array:
+    """Inside ``shard_map``, mark a replicated kernel as varying over the mesh axes ``x`` varies over.
+
+    Otherwise JAX all-reduces the cotangent of a replicated input, and the VJP would return the
+    global sum while the decay term stays local. Marked this way, every term of a rule is this
+    device's local sum and the caller reduces the whole update once (``lax.psum``).
+    """
+    missing = tuple(_varying_axes(x) - _varying_axes(kernel))
+    return jax.lax.pcast(kernel, missing, to="varying") if missing else kernel
 
 
 def per_neuron_sum(v: Array) -> Array:
@@ -47,13 +66,18 @@ def _modulate(v: Array, modulation: Array | None) -> Array:
     return v * modulation.reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype)
 
 
-def check_activations(params: Params, activations: Activations, modulation: Array | None = None) -> Array:
-    """Validate what a rule receives; return the kernel. Shape checks are static, so free under jit."""
+def check_activations_type(activations: Activations) -> None:
+    """Raise a clear TypeError unless ``activations`` is what :func:`~hebbjax.rules.observe` builds."""
     if not isinstance(activations, Activations):
         raise TypeError(
             f"activations: expected hebbjax.rules.Activations (build it with hebbjax.rules.observe), "
             f"got {type(activations).__name__}"
         )
+
+
+def check_activations(params: Params, activations: Activations, modulation: Array | None = None) -> Array:
+    """Validate what a rule receives; return the kernel. Shape checks are static, so free under jit."""
+    check_activations_type(activations)
     kernel = kernel_of(params)
     check_float("kernel", kernel)
     check_float("activations.x", activations.x)

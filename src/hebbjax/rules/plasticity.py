@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules.hebbian import check_activations, hebbian_update, like_params, per_neuron_sum
+from hebbjax.rules.hebbian import check_activations, check_activations_type, hebbian_update, like_params, per_neuron_sum
 from hebbjax.rules.linear import Activations, Array, Params, _shape_error
 
 # ----------------------------------------------------------------------------------------------
@@ -75,8 +75,15 @@ def topk_binary_signal(r: Array, k: int = 1) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
+def _pre(activations: Activations) -> Array:
+    """``u``, after checking the type of ``activations`` (so a wrong argument gets the clear error)."""
+    check_activations_type(activations)
+    return activations.u
+
+
 def _post(activations: Activations) -> Array:
-    return activations.u if activations.y is None else activations.y
+    u = _pre(activations)
+    return u if activations.y is None else activations.y
 
 
 def _rule(params, activations, y, decay_rate, modulation):
@@ -128,7 +135,7 @@ def softhebb(params: Params, activations: Activations, *, t_invert: float | Arra
     ``dw_j = sum_{b,p} y_j (x - u_j w_j)``. Pair with :func:`~hebbjax.rules.transforms.scale_by_max_abs`
     and :func:`~hebbjax.rules.transforms.scale_by_norm_dependent_lr` for the paper's step.
     """
-    u = activations.u
+    u = _pre(activations)
     y = softhebb_signal(u, t_invert)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -137,7 +144,7 @@ def softhebb(params: Params, activations: Activations, *, t_invert: float | Arra
 def soft_wta(params: Params, activations: Activations, *, t_invert: float | Array = 1.0, modulation: Array | None = None) -> Params:
     """SoftHebb without anti-Hebbian term (Moraitis et al., NCE 2022): ``y = softmax(t_invert u)``,
     ``dw_j = sum_{b,p} y_j (x - u_j w_j)``."""
-    u = activations.u
+    u = _pre(activations)
     y = soft_wta_signal(u, t_invert)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -148,7 +155,7 @@ def hard_wta(params: Params, activations: Activations, *, modulation: Array | No
 
     Only the rows (neurons) that win at least once change.
     """
-    u = activations.u
+    u = _pre(activations)
     y = winner_mask(u)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -159,7 +166,7 @@ def krotov(
 ) -> Params:
     """Krotov-Hopfield (PNAS 2019; SoftHebb's ``hardkrotov``): the winner learns, the neuron ranked
     ``rank`` unlearns: ``y = 1[winner] - delta 1[rank]``, ``dw_j = sum_{b,p} y_j (x - u_j w_j)``."""
-    u = activations.u
+    u = _pre(activations)
     y = krotov_signal(u, rank, delta)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -201,7 +208,7 @@ def sparse_topk(
     ``theta_j <- theta_j + homeostasis_rate * (mean_{b,p} y_j - k / N)``. ``axis_name`` averages the
     firing rate across devices inside ``shard_map``.
     """
-    u = activations.u
+    u = _pre(activations)
     if state.threshold.shape != (u.shape[-1],):
         raise _shape_error("state.threshold", f"one threshold per neuron, ({u.shape[-1]},)", state.threshold)
     y = topk_binary_signal(u - state.threshold, k)

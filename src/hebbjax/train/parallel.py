@@ -24,6 +24,18 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
+def per_device(tree: Any) -> Any:
+    """Mark replicated values as device-varying inside ``shard_map``, so that ``jax.grad`` w.r.t.
+    them returns this device's local gradient (JAX would otherwise all-reduce the cotangent of a
+    replicated input implicitly); the step then reduces explicitly with ``lax.pmean``/``psum``."""
+    from hebbjax.rules.hebbian import _varying_axes
+
+    def cast(a):
+        return a if AXIS in _varying_axes(a) else jax.lax.pcast(a, (AXIS,), to="varying")
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-d mesh over ``devices`` (default: all local devices) with axis ``data``."""
     devices = jax.local_devices() if devices is None else devices

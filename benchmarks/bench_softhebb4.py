@@ -1,0 +1,130 @@
+"""Throughput of cifar_softhebb4 (96/384/1536 SoftHebb convnet) on random CIFAR-shaped data.
+
+Measures, after compilation (medians over repeats):
+- unsupervised training: all three blocks plastic in one step (SoftHebb demo.py / consecutive
+  mode), images/s at batch 10 (the paper's) and at larger batches;
+- frozen feature extraction (evaluation mode, batch 1000), images/s;
+- one readout epoch on cached 24576-d features (Adam, batch 64), seconds per 50k images;
+- this machine's float32 matmul (4096x4096) GFLOP/s in the same run, and the fraction of it
+  each phase attains.
+
+    python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from hebbjax.config import conv_out, to_dataclass
+from hebbjax.run import CONF_DIR
+from hebbjax.train import ArrayData, Trainer
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def conv_macs(blocks, shape) -> list[int]:
+    """Multiply-accumulates of each block's convolution per image."""
+    h, w, c = shape
+    macs = []
+    for b in blocks:
+        ho, wo = conv_out(h, b.kernel, b.stride, b.padding, b.dilation), conv_out(w, b.kernel, b.stride, b.padding, b.dilation)
+        macs.append(ho * wo * b.channels * b.kernel**2 * c // b.groups)
+        from hebbjax.config import parse_pool
+
+        pool = parse_pool(b.pool)
+        h, w = (ho, wo) if pool is None else (conv_out(ho, pool[1], pool[2], pool[3]), conv_out(wo, pool[1], pool[2], pool[3]))
+        c = b.channels
+    return macs
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1000, help="images per unsupervised timing run")
+    ap.add_argument("--batches", default="10,64,256", help="unsupervised batch sizes")
+    ap.add_argument("--feature-images", type=int, default=2000)
+    ap.add_argument("--readout-images", type=int, default=5000, help="cached-feature readout epoch size (scaled to 50k)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=cifar_softhebb4", "logging.progress=false"]))
+    macs = conv_macs(cfg.model.blocks, (32, 32, 3))
+    fwd_flop = 2 * sum(macs)
+    rng = np.random.default_rng(0)
+    peak = matmul_gflops()
+    out = {
+        "machine": platform.machine(), "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__, "matmul_gflops": round(peak, 1), "forward_gflop_per_image": round(fwd_flop / 1e9, 3),
+    }
+    print(f"backend={out['backend']} devices={len(jax.devices())} jax={jax.__version__}")
+    print(f"float32 matmul 4096^3: {peak:.0f} GFLOP/s; forward {fwd_flop / 1e9:.2f} GFLOP/image, unsupervised step ~2x that")
+
+    def data(n):
+        return ArrayData(rng.uniform(size=(n, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
+
+    # -- unsupervised: all blocks plastic, one update per mini-batch
+    unsup = {}
+    for bs in (int(b) for b in args.batches.split(",")):
+        n = max(args.images // bs, 1) * bs
+        c = cfg.__class__(**{**cfg.__dict__, "training": cfg.training.__class__(**{**cfg.training.__dict__, "unsup_batch_size": bs, "eval_batch_size": 1000})})
+        trainer = Trainer(c, data(n), data(bs), progress=False)
+        trainer.train_hebbian([0, 1, 2], 1)  # compile
+        sec = timed(lambda: trainer.train_hebbian([0, 1, 2], 1), args.repeats)
+        ips = n / sec
+        unsup[bs] = ips
+        print(f"unsupervised, 3 blocks plastic, batch {bs:4d}: {ips:7.1f} images/s  ({2 * fwd_flop * ips / 1e9:6.1f} GFLOP/s, {2 * fwd_flop * ips / 1e9 / peak:.0%} of matmul)")
+    out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}
+
+    # -- frozen features
+    n = args.feature_images
+    trainer = Trainer(cfg, data(10), data(10), progress=False)
+    images = jnp.asarray(data(n).images)
+    jax.block_until_ready(trainer.features(images))
+    sec = timed(lambda: jax.block_until_ready(trainer.features(images)), args.repeats)
+    fips = n / sec
+    out["feature_images_per_second"] = round(fips, 1)
+    print(f"feature extraction, batch 1000: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
+
+    # -- readout epoch on cached features
+    n = args.readout_images
+    feats = jnp.asarray(rng.normal(size=(n, 24576)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    t = cfg.training.__class__(**{**cfg.training.__dict__, "readout_epochs": 1})
+    rtrainer = Trainer(cfg.__class__(**{**cfg.__dict__, "training": t}), data(n), data(10), progress=False)
+    rtrainer.train_readout_on_features(feats, labels)  # compile
+    sec = timed(lambda: rtrainer.train_readout_on_features(feats, labels), args.repeats)
+    out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)
+    print(f"readout epoch on cached features (batch 64): {sec * 50000 / n:6.2f} s per 50k images ({n / sec:.0f} images/s)")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
