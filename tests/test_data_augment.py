@@ -28,10 +28,12 @@ def copies(images) -> jax.Array:
     return jnp.broadcast_to(images[:1], images.shape)  # N copies of one image
 
 
+# Options are always passed explicitly: a traced option left at its default
+# would give a second compiled program.
 ALL = {
     "crop": (augment.random_crop, {}),
-    "flip": (augment.random_flip, {}),
-    "noise": (augment.gaussian_noise, {}),
+    "flip": (augment.random_flip, {"flip_prob": 0.5}),
+    "noise": (augment.gaussian_noise, {"noise_std": 1.0}),
     "resized_crop": (augment.random_resized_crop, {"size": RESIZED}),
 }
 
@@ -74,7 +76,7 @@ def test_flip_is_exact_and_about_half(images):
     src = np.asarray(images)
     flipped = []
     for seed in range(16):  # 16 x 64 samples, one compilation
-        out = np.asarray(augment.random_flip(jax.random.key(seed), images))
+        out = np.asarray(augment.random_flip(jax.random.key(seed), images, flip_prob=0.5))
         same = np.all(out == src, axis=(1, 2, 3))
         mirrored = np.all(out == src[:, :, ::-1], axis=(1, 2, 3))
         assert np.all(same ^ mirrored)
@@ -85,7 +87,7 @@ def test_flip_is_exact_and_about_half(images):
 
 
 def test_noise_statistics(images):
-    noise = np.asarray(augment.gaussian_noise(jax.random.key(0), images)) - np.asarray(images)
+    noise = np.asarray(augment.gaussian_noise(jax.random.key(0), images, noise_std=1.0)) - np.asarray(images)
     assert abs(noise.mean()) < 0.03  # std 1 over 23040 values: 5 sigma = 0.033
     assert abs(noise.std() - 1.0) < 0.03
     assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.2
@@ -117,8 +119,11 @@ def test_resize_box_of_output_size_is_that_window():
 
 
 def test_crop_boxes_follow_torchvision_sampling():
-    keys = jax.random.split(jax.random.key(0), 1000)
-    boxes = jax.jit(jax.vmap(lambda k: jnp.stack(augment._crop_box(k, 100, 120, (0.08, 1.0), (3 / 4, 4 / 3)))))(keys)
+    def boxes_of(key):  # split inside the jit: no extra program for an eager split
+        one = lambda k: jnp.stack(augment._crop_box(k, 100, 120, (0.08, 1.0), (3 / 4, 4 / 3)))  # noqa: E731
+        return jax.vmap(one)(jax.random.split(key, 1000))
+
+    boxes = jax.jit(boxes_of)(jax.random.key(0))
     top, left, h, w = np.asarray(boxes).T
     assert np.all(top >= 0) and np.all(left >= 0)
     assert np.all(top + h <= 100) and np.all(left + w <= 120)
@@ -130,13 +135,14 @@ def test_crop_boxes_follow_torchvision_sampling():
 
 @pytest.fixture(scope="module")
 def composed():
-    return augment.make_augmentation(["crop", "flip", "noise"], noise_std=0.1)
+    return augment.make_augmentation(["crop", "flip", "noise"], flip_prob=0.5, noise_std=0.1)
 
 
 def test_make_augmentation_composes_in_order_with_split_keys(composed, images):
     key = jax.random.key(7)
-    k1, k2, k3 = jax.random.split(key, 3)
-    expected = augment.gaussian_noise(k3, augment.random_flip(k2, augment.random_crop(k1, images)), noise_std=0.1)
+    k1, k2, k3 = (jax.random.fold_in(key, i) for i in range(3))
+    flipped = augment.random_flip(k2, augment.random_crop(k1, images), flip_prob=0.5)
+    expected = augment.gaussian_noise(k3, flipped, noise_std=0.1)
     np.testing.assert_allclose(np.asarray(composed(key, images)), np.asarray(expected), atol=1e-6)
     identity = augment.make_augmentation([])
     np.testing.assert_array_equal(np.asarray(identity(key, images)), np.asarray(images))

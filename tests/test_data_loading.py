@@ -309,7 +309,7 @@ def test_stream_of_digits_prefetches_and_stops_on_close():
 def test_stream_forwards_producer_errors():
     spec = get_spec("digits")
 
-    def broken(index):
+    def broken(index, pool):
         raise ArchiveFormatError("record 3 is corrupt")
 
     s = BatchStream(
@@ -474,6 +474,20 @@ def test_environment_variable_locates_archives_and_default_tfds_dir(tmp_path, mo
     assert rows(ds.images, ds.labels) == rows(written["test"]["image"], written["test"]["label"])
     assert (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").is_file()
     assert not [p for p in (tmp_path / "tfds").iterdir() if p.name.startswith(".incomplete")]
+
+
+def test_read_only_data_folder_is_left_untouched(tmp_path, monkeypatch):
+    root = tmp_path / "readonly"
+    synthetic.write_mnist(root / "mnist", n_train=10, n_test=10)
+    root.chmod(0o555)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HEBBJAX_TFDS_DIR", raising=False)
+    try:
+        ds = load("mnist", "test", data_dir=root, verify_checksums=False)
+    finally:
+        root.chmod(0o755)
+    assert len(ds) == 10 and not (root / "tfds").exists()
+    assert (tmp_path / "home" / ".cache" / "hebbjax" / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").is_file()
 
 
 def test_online_path_downloads_through_tfds_then_reads_without_tensorflow(tmp_path, monkeypatch):

@@ -67,33 +67,39 @@ def test_gated_update_is_the_dopamine_weighted_sum_of_per_sample_updates(rng, ru
     rule = RULES[rule_name]
     x = rng.normal(size=(8, 5)).astype(np.float32)
     w = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
-    acts = observe(Dense(), w, jnp.asarray(x))
-    gated = jax.jit(three_factor(rule, TABLE))(w, acts, PREDICTED, RECEIVED)
-    # The rule applied to each sample alone (a batch of one), one sample after the other.
-    per_sample = jax.jit(lambda w, x: jax.lax.map(lambda xb: rule(w, observe(Dense(), w, xb[None])), x))(w, x)
-    expected = np.einsum("b,bij->ij", EXPECTED_D.astype(np.float64), np.asarray(per_sample, np.float64))
-    np.testing.assert_allclose(gated, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
-    # The same through the rule's own ``modulation`` argument.
-    direct = rule(w, acts, modulation=jnp.asarray(EXPECTED_D))
+    @jax.jit
+    def run(w, x, predicted, received, d):
+        acts = observe(Dense(), w, x)
+        gated = three_factor(rule, TABLE)(w, acts, predicted, received)
+        # The rule applied to each sample alone (a batch of one), one sample after the other.
+        per_sample = jax.lax.map(lambda xb: rule(w, observe(Dense(), w, xb[None])), x)
+        direct = rule(w, acts, modulation=d)  # the same through the rule's own ``modulation``
+        return gated, per_sample, direct
+
+    gated, per_sample, direct = run(w, x, PREDICTED, RECEIVED, EXPECTED_D)
+    expected = np.einsum("b,bij->ij", EXPECTED_D.astype(np.float64), np.asarray(per_sample, np.float64))
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(gated, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     np.testing.assert_allclose(direct, gated, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
 def test_zero_dopamine_samples_contribute_nothing_and_negative_flips_the_sign(rng):
     x = rng.normal(size=(8, 5)).astype(np.float32)
     w = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
-    d = jnp.asarray(EXPECTED_D)
-    base = softhebb(w, observe(Dense(), w, jnp.asarray(x)), modulation=d)
+    d = EXPECTED_D
+    base = softhebb(w, observe(Dense(), w, jnp.asarray(x)), t_invert=2.0, modulation=d)
     # Whatever the inputs of the d = 0 samples are, the update does not change.
     x_changed = x.copy()
     x_changed[EXPECTED_D == 0] = 100.0 * rng.normal(size=(2, 5))
-    changed = softhebb(w, observe(Dense(), w, jnp.asarray(x_changed)), modulation=d)
+    changed = softhebb(w, observe(Dense(), w, jnp.asarray(x_changed)), t_invert=2.0, modulation=d)
     np.testing.assert_allclose(changed, base, rtol=0, atol=1e-6 * np.abs(np.asarray(base)).max())
     # d -> -d flips the update; d = 1 is the ungated rule.
-    flipped = softhebb(w, observe(Dense(), w, jnp.asarray(x)), modulation=-d)
+    flipped = softhebb(w, observe(Dense(), w, jnp.asarray(x)), t_invert=2.0, modulation=-d)
     np.testing.assert_allclose(flipped, -np.asarray(base), rtol=0, atol=1e-6 * np.abs(np.asarray(base)).max())
-    ones = softhebb(w, observe(Dense(), w, jnp.asarray(x)), modulation=jnp.ones(8))
-    np.testing.assert_allclose(ones, softhebb(w, observe(Dense(), w, jnp.asarray(x))), rtol=1e-6, atol=1e-6)
+    ones = softhebb(w, observe(Dense(), w, jnp.asarray(x)), t_invert=2.0, modulation=np.ones(8, np.float32))
+    ungated = softhebb(w, observe(Dense(), w, jnp.asarray(x)), t_invert=2.0)
+    np.testing.assert_allclose(ones, ungated, rtol=1e-6, atol=1e-6)
 
 
 def test_gating_a_conv_rule_is_per_sample(rng):

@@ -15,7 +15,6 @@ PAIRS = {"hebb": (hebb_loss, hebb), "instar": (instar_loss, instar), "oja": (oja
 
 LINEARS = {
     "dense": (Dense(), (8, 5), (5, 4)),
-    "dense_positions": (Dense(), (2, 3, 5), (5, 4)),
     "conv_stride2_reflect": (Conv(strides=2, padding=1, padding_mode="reflect"), (2, 7, 7, 3), (3, 3, 3, 4)),
     "conv_groups_dilation": (Conv(dilation=2, padding=2, feature_group_count=2), (2, 6, 6, 4), (3, 3, 2, 4)),
 }

@@ -274,10 +274,30 @@ def to_dataclass(cfg: Any) -> Config:
     """An OmegaConf config (validated against :class:`Config`) -> plain frozen-free dataclasses."""
     from omegaconf import OmegaConf
 
+    _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), Config, "")
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
         raise ConfigError(f"expected a config of type Config, got {type(obj).__name__}")
     return obj
+
+
+def _reject_unknown_keys(node: Any, schema: type, prefix: str) -> None:
+    """Hydra lets ``+key=value`` add keys even to a structured config; refuse them, naming the key."""
+    if not isinstance(node, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in node.items():
+        if key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{full}: unknown key; expected one of {sorted(fields)}")
+        ftype = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "logging": LoggingConfig}.get(key) if schema is Config else None
+        if ftype is not None:
+            _reject_unknown_keys(value, ftype, f"{full}.")
+        elif schema is ModelConfig and key == "blocks" and isinstance(value, list):
+            for i, block in enumerate(value):
+                _reject_unknown_keys(block, BlockConfig, f"{full}[{i}].")
 
 
 def replace_blocks(cfg: Config, **changes: Any) -> Config:

@@ -44,10 +44,22 @@ def load_data(cfg: Config):
     return ArrayData(images, labels, train.num_classes), ArrayData(test.images, test.labels, test.num_classes)
 
 
+def enable_compilation_cache() -> None:
+    """Persist XLA compilations (``$HEBBJAX_COMPILATION_CACHE``, default ``~/.cache/hebbjax/jax``;
+    empty disables): reruns and the later jobs of a multirun skip most compile time."""
+    import jax
+
+    path = os.environ.get("HEBBJAX_COMPILATION_CACHE", str(Path("~/.cache/hebbjax/jax").expanduser()))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate ``cfg``; write ``output_dir/results.json``; return the results."""
     import jax
 
+    enable_compilation_cache()
     from hebbjax.train import Trainer
 
     start = time.perf_counter()

@@ -10,7 +10,7 @@ Usage::
     val = load("cifar10", "test", validation=True)      # the other 20 % of train
     for images, labels in stream("imagenet2012", "train", 32, seed=0):
         ...
-    aug = augment.make_augmentation(["crop", "flip"])   # jitted fn(key, images)
+    aug = augment.make_augmentation(["crop", "flip"])   # fn(key, images), jit-compiled parts
 
 Named datasets are tfds datasets prepared as ``array_record`` and read with
 ``tfds.data_source`` (no TensorFlow). Offline, put the original archives in
@@ -18,6 +18,8 @@ Named datasets are tfds datasets prepared as ``array_record`` and read with
 :mod:`hebbjax.data.preparation` for folders, checksums and failure behaviour and
 :mod:`hebbjax.data.loading` for pixel conventions. ``digits`` (scikit-learn's
 8x8 digits) is embedded and needs neither files nor network.
+:mod:`hebbjax.data.synthetic` writes small archives in the original formats
+(for tests and offline dry runs).
 """
 
 from hebbjax.data import augment

@@ -59,8 +59,10 @@ def random_flip(key: jax.Array, images: jax.Array, flip_prob: float = 0.5) -> ja
 @jax.jit  # noise_std is traced: changing it does not recompile
 def gaussian_noise(key: jax.Array, images: jax.Array, noise_std: float = 1.0) -> jax.Array:
     """Adds independent N(0, noise_std²) noise to every pixel."""
-    noise = jax.random.normal(key, images.shape, jnp.result_type(images.dtype, jnp.float32))
-    return images + noise_std * noise
+    # Drawn flat and reshaped: the same values, but a much smaller XLA program
+    # (compiles several times faster on CPU than drawing the 4-D shape).
+    noise = jax.random.normal(key, (images.size,), jnp.result_type(images.dtype, jnp.float32))
+    return images + noise_std * noise.reshape(images.shape)
 
 
 def _crop_box(
@@ -170,7 +172,7 @@ def make_augmentation(names: Sequence[str], **options: object) -> Augmentation:
 
     Returns:
       ``fn(key, images) -> images`` calling the jit-compiled augmentations in
-      turn, each with its own sub-key of ``key``. It is not wrapped in another
+      turn, step ``i`` with key ``jax.random.fold_in(key, i)``. It is not wrapped in another
       ``jit``: inside a jitted training step it is traced into the step, and
       called alone it reuses each augmentation's compiled program.
 
@@ -193,8 +195,8 @@ def make_augmentation(names: Sequence[str], **options: object) -> Augmentation:
         raise ValueError(f"option(s) {sorted(unused)} are not taken by augmentations {list(names)}")
 
     def augment(key: jax.Array, images: jax.Array) -> jax.Array:
-        for step_key, step in zip(jax.random.split(key, max(1, len(steps))), steps, strict=False):
-            images = step(step_key, images)
+        for i, step in enumerate(steps):
+            images = step(jax.random.fold_in(key, i), images)  # independent key per step
         return images
 
     return augment

@@ -17,10 +17,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from hebbjax.data import archives
-from hebbjax.data.images import encode_png, jpeg_bytes
+from hebbjax.data.images import encode_png_batch, jpeg_bytes
 from hebbjax.data.registry import DatasetSpec, SourceVariant
 
 Example = tuple[Any, dict[str, Any]]
@@ -100,13 +101,19 @@ class _ArchiveBuilderMixin:
 # --------------------------------------------------------------------------- readers
 
 
+def _pngs(images: np.ndarray, chunk: int = 1000) -> Iterator[bytes]:
+    """PNG bytes of each image, encoded a chunk at a time (bounded memory)."""
+    for start in range(0, len(images), chunk):
+        yield from encode_png_batch(images[start : start + chunk])
+
+
 def _idx_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mapping[str, Path]) -> SplitGenerators:
     del builder, spec
 
     def generate(split: str) -> Iterator[Example]:
         images, labels = archives.read_mnist_split(files, split)
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": encode_png(image), "label": int(label)}
+        for i, (png, label) in enumerate(zip(_pngs(images), labels, strict=True)):
+            yield i, {"image": png, "label": int(label)}
 
     return {"train": generate("train"), "test": generate("test")}
 
@@ -121,8 +128,8 @@ def _cifar_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mappi
 
     def generate(split: str) -> Iterator[Example]:
         data = splits[split]
-        for i in range(len(data["label"])):
-            example = {"id": f"{split}_{i:05d}", "image": encode_png(data["image"][i]), "label": int(data["label"][i])}
+        for i, png in enumerate(_pngs(data["image"])):
+            example = {"id": f"{split}_{i:05d}", "image": png, "label": int(data["label"][i])}
             if "coarse_label" in data:
                 example["coarse_label"] = int(data["coarse_label"][i])
             yield i, example
@@ -138,8 +145,8 @@ def _stl10_splits(builder: _ArchiveBuilderMixin, spec: DatasetSpec, files: Mappi
     def generate(split: str) -> Iterator[Example]:
         index = 0
         for images, labels in archives.iter_stl10(path, split):
-            for image, label in zip(images, labels, strict=True):
-                yield index, {"image": encode_png(image), "label": int(label)}
+            for png, label in zip(_pngs(images), labels, strict=True):
+                yield index, {"image": png, "label": int(label)}
                 index += 1
 
     return {split: generate(split) for split in ("train", "test", "unlabelled")}

@@ -13,6 +13,7 @@ tfds stores images as PNG/JPEG bytes. Its own numpy decoding goes through PIL at
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -31,29 +32,37 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
 
 
-def encode_png(image: np.ndarray, level: int = 1) -> bytes:
-    """Encodes a uint8 (H, W) or (H, W, C) image, C in 1..4, as a PNG.
+_IEND = _chunk(b"IEND", b"")
 
-    zlib level 1: on small images it is ~5x faster than the default level 6 and
-    the files are only ~2 % larger.
+
+@functools.cache
+def _png_head(shape: tuple[int, int, int]) -> bytes:
+    """Signature + IHDR chunk: the same for every image of ``shape``."""
+    return _PNG_SIGNATURE + _chunk(b"IHDR", _ihdr(shape))
+
+
+def encode_png_batch(images: np.ndarray, level: int = 1) -> list[bytes]:
+    """Encodes uint8 images (N, H, W) or (N, H, W, C), C in 1..4, as PNGs.
+
+    Rows are laid out for the whole batch in one numpy operation (filter type
+    "None"), leaving one zlib call per image. zlib level 1: on small images it is
+    ~5x faster than the default level 6 and the files are only ~2 % larger.
     """
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"encode_png needs uint8 pixels, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    h, w, c = image.shape
-    raw = np.zeros((h, 1 + w * c), np.uint8)  # leading 0 per row: filter type "None"
-    raw[:, 1:] = image.reshape(h, w * c)
-    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[c], 0, 0, 0)
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)),
-            _chunk(b"IEND", b""),
-        )
-    )
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"PNG encoding needs uint8 pixels, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
+    raw = np.zeros((n, h, 1 + w * c), np.uint8)  # leading 0 per row: filter type "None"
+    raw[:, :, 1:] = images.reshape(n, h, w * c)
+    head = _png_head((h, w, c))
+    return [head + _chunk(b"IDAT", zlib.compress(row.tobytes(), level)) + _IEND for row in raw]
+
+
+def encode_png(image: np.ndarray, level: int = 1) -> bytes:
+    """Encodes one uint8 (H, W) or (H, W, C) image as a PNG (see :func:`encode_png_batch`)."""
+    return encode_png_batch(np.asarray(image)[None], level)[0]
 
 
 def _ihdr(shape: tuple[int, int, int]) -> bytes:

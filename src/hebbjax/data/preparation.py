@@ -69,10 +69,14 @@ def tfds_dir_candidates(data_dir: str | os.PathLike | None, tfds_dir: str | os.P
 
 
 def _writable(path: Path) -> bool:
-    """Whether ``path`` or, if absent, its nearest existing parent is writable."""
+    """Whether ``path`` or, if absent, its nearest existing parent is writable.
+
+    A folder without any write permission bit counts as read-only even for root
+    (who could write anyway): a shared, read-only data folder is left untouched.
+    """
     while not path.exists() and path != path.parent:
         path = path.parent
-    return os.access(path, os.W_OK)
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
 
 
 def prepared_path(spec: DatasetSpec, tfds_dir: Path) -> Path:
