@@ -13,6 +13,7 @@ Block order (SoftHebb's ``BasicBlock``): input norm -> dropout -> linear layer -
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -112,8 +113,6 @@ class TrainingConfig:
 @dataclass
 class LoggingConfig:
     progress: bool = True
-    wandb: str = "disabled"  # disabled | offline | online
-    wandb_project: str = "hebbjax"
 
 
 @dataclass
@@ -240,16 +239,9 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
                 raise ConfigError(f"{key}.pool: {b.pool} does not fit the {shape[0]}x{shape[1]} feature map")
             shape = (h, w, shape[2])
         if b.flatten:
-            shape = (int(_prod(shape)),)
+            shape = (math.prod(shape),)
         shapes.append(shape)
     return shapes
-
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -258,7 +250,6 @@ def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, .
     _choice("training.method", t.method, ("hebbian", "bp", "random"))
     _choice("training.mode", t.mode, ("successive", "consecutive", "simultaneous"))
     _choice("training.readout_schedule", t.readout_schedule, ("halving", "constant"))
-    _choice("logging.wandb", cfg.logging.wandb, ("disabled", "offline", "online"))
     for name in ("unsup_batch_size", "readout_batch_size", "eval_batch_size", "steps_per_chunk"):
         if getattr(t, name) < 1:
             raise ConfigError(f"training.{name}: expected a positive integer, got {getattr(t, name)}")
@@ -298,9 +289,3 @@ def _reject_unknown_keys(node: Any, schema: type, prefix: str) -> None:
         elif schema is ModelConfig and key == "blocks" and isinstance(value, list):
             for i, block in enumerate(value):
                 _reject_unknown_keys(block, BlockConfig, f"{full}[{i}].")
-
-
-def replace_blocks(cfg: Config, **changes: Any) -> Config:
-    """A copy of ``cfg`` whose every block has ``changes`` applied (e.g. ``rule="bp"``)."""
-    blocks = [dataclasses.replace(b, **changes) for b in cfg.model.blocks]
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=blocks))

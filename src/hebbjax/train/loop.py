@@ -118,8 +118,8 @@ class Trainer:
             "rule_state": variables.get("rule_state", {}),
         }, self.mesh)
 
-    def variables(self, state: dict | None = None) -> dict:
-        s = self.state if state is None else state
+    def variables(self) -> dict:
+        s = self.state
         return {"params": s["params"], "batch_stats": s["batch_stats"], "rule_state": s["rule_state"]}
 
     # ------------------------------------------------------------------ chunked epochs
@@ -295,9 +295,6 @@ class Trainer:
         model = self.model
         fn = lambda v, x: jnp.argmax(model.apply(v, x), -1)
         return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.variables(), images)
-
-    def accuracy(self, images: jax.Array, labels: jax.Array) -> float:
-        return float(jnp.mean(self.predict(images) == labels))
 
     # ------------------------------------------------------------------ the protocol
     def fit(self) -> dict[str, Any]:
