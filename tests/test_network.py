@@ -71,7 +71,7 @@ def test_softhebb4_shapes_chain_to_24576_features():
 
 def test_radius_init_gives_neuron_norms_near_radius():
     net = build_network(SOFTHEBB4[:1], 10)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     norms = rules.neuron_norms(params["block_0"]["layer"]["kernel"])
     assert abs(float(jnp.mean(norms)) - 25.0) < 1.5
 

@@ -39,18 +39,22 @@ SCRIPT = textwrap.dedent(
     ]
     cfg = Config(model=ModelConfig(blocks=blocks), training=TrainingConfig(
         mode="consecutive", unsup_batch_size=8, readout_batch_size=8, eval_batch_size=8, readout_epochs=1, steps_per_chunk=3))
-    out = {}
+    out, feats = {}, {}
+    odd = jnp.asarray(images[:22], jnp.float64)  # 22 rows: not a multiple of the devices nor of the batch
     for n in (1, 4):
         t = Trainer(cfg, data, data, mesh=make_mesh(jax.devices()[:n]), progress=False)
         t.train_hebbian([0, 1], epochs=2)
         out[n] = t.state
+        feats[n] = np.asarray(t.features(odd))
+    direct = np.asarray(t.eval_model.apply(t.variables(), odd, classify=False)).reshape(22, -1)
+    feat_rel = max(float(np.max(np.abs(feats[n] - direct)) / np.max(np.abs(direct))) for n in (1, 4))
     rel = []
     for a, b in zip(jax.tree_util.tree_leaves(out[1]), jax.tree_util.tree_leaves(out[4])):
         a, b = np.asarray(a), np.asarray(b)
         rel.append(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)))
     moved = float(np.max(np.abs(np.asarray(out[1]["params"]["block_1"]["layer"]["kernel"]) -
                           np.asarray(Trainer(cfg, data, data, mesh=make_mesh(jax.devices()[:1]), progress=False).state["params"]["block_1"]["layer"]["kernel"]))))
-    print(json.dumps({"max_rel": max(rel), "moved": moved, "leaves": len(rel)}))
+    print(json.dumps({"max_rel": max(rel), "moved": moved, "leaves": len(rel), "feat_rel": feat_rel}))
     """
 )
 
@@ -66,3 +70,5 @@ def test_four_devices_equal_one_device(rule, extra):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["moved"] > 1e-3, "training must actually change the weights for the comparison to mean anything"
     assert result["max_rel"] < 1e-5, result
+    # Batched feature extraction (in-place batches, the last one shifted back) == one big forward.
+    assert result["feat_rel"] < 1e-12, result

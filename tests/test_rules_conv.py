@@ -173,3 +173,15 @@ def test_conv_same_padding_and_auto_implementation():
     got = _softhebb_step(Conv(padding="SAME"), kernel, x)
     ref = np.asarray(ref)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", (2, 0)])
+def test_patches_and_xla_convolutions_are_the_same_linear_map(padding):
+    """Including XLA's asymmetric "SAME" padding (stride 2, even size) and feature groups."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 8, 7, 4)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(3, 2, 2, 6)).astype(np.float32))
+    kw = dict(strides=(2, 1), dilation=(1, 2), padding=padding, feature_group_count=2)
+    u = {impl: jax.jit(Conv(**kw, implementation=impl))(kernel, x) for impl in ("xla", "patches")}
+    assert u["xla"].shape == u["patches"].shape
+    np.testing.assert_allclose(u["patches"], u["xla"], rtol=0, atol=1e-5 * float(jnp.abs(u["xla"]).max()))

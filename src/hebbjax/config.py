@@ -44,6 +44,9 @@ class BlockConfig:
     stride: int = 1
     padding: int = 0
     padding_mode: str = "reflect"  # zeros | reflect | replicate | circular
+    # conv arithmetic: xla (lax.conv) | patches (im2col + one matmul) | auto (patches on CPU for
+    # patches of >= 128 values, else xla)
+    implementation: str = "auto"
     dilation: int = 1
     groups: int = 1
     bias: bool = False
@@ -194,6 +197,7 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
         _choice(f"{key}.neuron", b.neuron, ("linear", "log_weight"))
         _choice(f"{key}.input_norm", b.input_norm, ("batchnorm", "standardize", "patch_sum", "none"))
         _choice(f"{key}.padding_mode", b.padding_mode, ("zeros", "reflect", "replicate", "circular"))
+        _choice(f"{key}.implementation", b.implementation, ("auto", "xla", "patches"))
         _choice(f"{key}.lr_schedule", b.lr_schedule, ("norm", "constant", "linear_decay"))
         _choice(f"{key}.init", b.init, ("radius", "unit", "positive"))
         for name in ("channels", "kernel", "stride", "dilation", "groups"):

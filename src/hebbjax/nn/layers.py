@@ -185,10 +185,7 @@ class HebbianConv(nn.Module):
             if self.feature_group_count != 1:
                 raise ValueError("feature_group_count: the patches form (log_weight / patch_sum) supports groups=1 only")
             xp = lin.prepare(x)
-            patches = jax.lax.conv_general_dilated_patches(
-                xp, (k, k), lin.strides, lin._conv_padding(), rhs_dilation=lin.dilation,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST,
-            )
+            patches = lin.patches(xp, (k, k))  # features ordered (kh, kw, c)
             if self.patch_sum_to is not None:
                 d = patches.shape[-1]
                 patches = (self.patch_sum_to - d) * patches / (jnp.sum(patches, -1, keepdims=True) + 1e-12) + 1.0

@@ -79,7 +79,7 @@ class Block(nn.Module):
         if c.layer == "conv":
             acts = HebbianConv(
                 c.channels, c.kernel, c.stride, c.padding, c.padding_mode, c.dilation, c.groups,
-                patch_sum_to=c.patch_sum_to if c.input_norm == "patch_sum" else None, **common,
+                patch_sum_to=c.patch_sum_to if c.input_norm == "patch_sum" else None, implementation=c.implementation, **common,
             )(x)
         else:
             acts = HebbianDense(c.channels, **common)(x)
