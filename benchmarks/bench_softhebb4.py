@@ -14,6 +14,7 @@ Measures, after compilation (medians over repeats):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from hebbjax.config import conv_out, parse_pool, to_dataclass
+from hebbjax.config import Config, conv_out, parse_pool, to_dataclass
 from hebbjax.run import CONF_DIR
 from hebbjax.train import ArrayData, Trainer
 
@@ -52,6 +53,11 @@ def conv_macs(blocks, shape) -> list[int]:
         h, w = (ho, wo) if pool is None else (conv_out(ho, pool[1], pool[2], pool[3]), conv_out(wo, pool[1], pool[2], pool[3]))
         c = b.channels
     return macs
+
+
+def with_training(cfg: Config, **changes) -> Config:
+    """``cfg`` with ``training`` fields replaced."""
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **changes))
 
 
 def timed(fn, repeats: int) -> float:
@@ -93,7 +99,7 @@ def main() -> None:
     unsup = {}
     for bs in (int(b) for b in args.batches.split(",")):
         n = max(args.images // bs, 1) * bs
-        c = cfg.__class__(**{**cfg.__dict__, "training": cfg.training.__class__(**{**cfg.training.__dict__, "unsup_batch_size": bs, "eval_batch_size": 1000})})
+        c = with_training(cfg, unsup_batch_size=bs)
         trainer = Trainer(c, data(n), data(bs), progress=False)
         trainer.train_hebbian([0, 1, 2], 1)  # compile
         sec = timed(lambda: trainer.train_hebbian([0, 1, 2], 1), args.repeats)
@@ -104,7 +110,7 @@ def main() -> None:
 
     # -- frozen features
     n = args.feature_images
-    fcfg = cfg.__class__(**{**cfg.__dict__, "training": cfg.training.__class__(**{**cfg.training.__dict__, "eval_batch_size": args.eval_batch})})
+    fcfg = with_training(cfg, eval_batch_size=args.eval_batch)
     trainer = Trainer(fcfg, data(args.eval_batch), data(args.eval_batch), progress=False)
     images = jnp.asarray(data(n).images)
     jax.block_until_ready(trainer.features(images))
@@ -117,8 +123,7 @@ def main() -> None:
     n = args.readout_images
     feats = jnp.asarray(rng.normal(size=(n, 24576)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    t = cfg.training.__class__(**{**cfg.training.__dict__, "readout_epochs": 1})
-    rtrainer = Trainer(cfg.__class__(**{**cfg.__dict__, "training": t}), data(n), data(10), progress=False)
+    rtrainer = Trainer(with_training(cfg, readout_epochs=1), data(n), data(10), progress=False)
     rtrainer.train_readout_on_features(feats, labels)  # compile
     sec = timed(lambda: rtrainer.train_readout_on_features(feats, labels), args.repeats)
     out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)

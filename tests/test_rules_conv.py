@@ -13,6 +13,8 @@ conv, and its on-block update entries are the conv's update, group by group.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,7 +123,7 @@ _all_rules_jit = jax.jit(_all_rules, static_argnums=0)
 _softhebb_step = jax.jit(lambda linear, kernel, x: softhebb(kernel, observe(linear, kernel, x)), static_argnums=0)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "patches"])
+@pytest.mark.parametrize("implementation", ["xla", "patches", "auto"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv_rule_equals_dense_rule_on_patches(case, implementation):
     conv_kwargs, x_shape, k_shape = CASES[case]
@@ -182,6 +184,15 @@ def test_patches_and_xla_convolutions_are_the_same_linear_map(padding):
     x = jnp.asarray(rng.normal(size=(2, 8, 7, 4)).astype(np.float32))
     kernel = jnp.asarray(rng.normal(size=(3, 2, 2, 6)).astype(np.float32))
     kw = dict(strides=(2, 1), dilation=(1, 2), padding=padding, feature_group_count=2)
-    u = {impl: jax.jit(Conv(**kw, implementation=impl))(kernel, x) for impl in ("xla", "patches")}
-    assert u["xla"].shape == u["patches"].shape
-    np.testing.assert_allclose(u["patches"], u["xla"], rtol=0, atol=1e-5 * float(jnp.abs(u["xla"]).max()))
+    g = jnp.asarray(rng.normal(size=jax.eval_shape(Conv(**kw, implementation="xla"), kernel, x).shape).astype(np.float32))
+
+    def map_and_vjp(conv, kernel, x):
+        u, vjp = jax.vjp(conv, kernel, x)
+        return (u, *vjp(g))
+
+    # "auto" on CPU: XLA's forward, patches for the kernel cotangent (a custom VJP) here.
+    out = {impl: jax.jit(partial(map_and_vjp, Conv(**kw, implementation=impl)))(kernel, x) for impl in ("xla", "patches", "auto")}
+    for impl in ("patches", "auto"):
+        for name, got, ref in zip(("u", "d kernel", "d x"), out[impl], out["xla"]):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(jnp.abs(ref).max()), err_msg=f"{impl}: {name}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -277,19 +278,22 @@ def to_dataclass(cfg: Any) -> Config:
 
 
 def _reject_unknown_keys(node: Any, schema: type, prefix: str) -> None:
-    """Hydra lets ``+key=value`` add keys even to a structured config; refuse them, naming the key."""
+    """Hydra lets ``+key=value`` add keys even to a structured config; refuse them, naming the key.
+    Walks the schema's own field types: nested dataclasses and lists of dataclasses (blocks)."""
     if not isinstance(node, dict):
         return
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     for key, value in node.items():
         if key == "hydra":
             continue
         full = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"{full}: unknown key; expected one of {sorted(fields)}")
-        ftype = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "logging": LoggingConfig}.get(key) if schema is Config else None
-        if ftype is not None:
+        if key not in hints:
+            raise ConfigError(f"{full}: unknown key; expected one of {sorted(hints)}")
+        ftype = hints[key]
+        if dataclasses.is_dataclass(ftype):
             _reject_unknown_keys(value, ftype, f"{full}.")
-        elif schema is ModelConfig and key == "blocks" and isinstance(value, list):
-            for i, block in enumerate(value):
-                _reject_unknown_keys(block, BlockConfig, f"{full}[{i}].")
+        elif typing.get_origin(ftype) is list and isinstance(value, list):
+            (item,) = typing.get_args(ftype)
+            if dataclasses.is_dataclass(item):
+                for i, element in enumerate(value):
+                    _reject_unknown_keys(element, item, f"{full}[{i}].")

@@ -112,9 +112,12 @@ class Conv:
         so the rule sees exactly the padded input the forward pass used.
       feature_group_count: grouped convolution; ``in`` and ``out`` must both be divisible by it.
       implementation: ``"xla"`` (``lax.conv_general_dilated``) or ``"patches"`` (extract patches,
-        then one matrix product; 2-4x faster on CPU, see ``performance_notes.md``). ``"auto"``
-        picks ``"patches"`` on CPU when a patch has >= 128 values, else ``"xla"``. The two are the
-        same linear map.
+        then one matrix product; 2-4x faster on CPU, see ``performance_notes.md``). The two are the
+        same linear map. ``"auto"``: XLA's convolution off CPU; on CPU, the forward map by patches
+        when a patch has >= 512 values (else XLA's convolution, faster for thinner layers) and
+        the kernel cotangent (the Hebbian correlation term, the weight gradient of BP) always by
+        patches: XLA's CPU weight-gradient convolution was 1.6-4x slower in SoftHebb's layers
+        (batch 10 and 100, 2026-11-23; 13x in a whole train step of a 32->128 3x3 layer).
     """
 
     strides: Any = struct.field(pytree_node=False, default=1)
@@ -160,17 +163,40 @@ class Conv:
     def _conv_padding(self):
         return self._explicit_padding() if self.padding_mode == "zeros" else "VALID"
 
-    def _use_patches(self, kernel: Array) -> bool:
+    def _patches_forward(self, kernel: Array) -> bool:
         if self.implementation == "auto":
-            # On CPU the patch matrix feeds one GEMM; with a short patch (a 1-channel input layer)
-            # the GEMM is too thin to pay for the copy and XLA's convolution wins (measured).
+            # On CPU the patch matrix feeds one GEMM; with a short patch the GEMM is too thin to
+            # pay for the copy and XLA's convolution wins (measured: 288 values xla 1.6x faster,
+            # 864 values patches 1.5x faster, at batch 100).
             kh, kw, cin_g, _ = kernel.shape
-            return jax.default_backend() == "cpu" and kh * kw * cin_g >= 128
+            return jax.default_backend() == "cpu" and kh * kw * cin_g >= 512
         return self.implementation == "patches"
 
     def __call__(self, kernel: Array, x: Array) -> Array:
+        use_patches = self._patches_forward(kernel)
+        if self.implementation != "auto" or use_patches or jax.default_backend() != "cpu":
+            return self._apply(kernel, x, use_patches)
+
+        # CPU, thin layer: XLA's convolution forward, patches for the kernel cotangent.
+        @jax.custom_vjp
+        def conv(kernel, x):
+            return self._apply(kernel, x, False)
+
+        def conv_fwd(kernel, x):
+            return conv(kernel, x), (kernel, x)
+
+        def conv_bwd(res, g):
+            kernel, x = res
+            dk = jax.vjp(lambda w: self._apply(w, x, True), kernel)[1](g)[0]
+            dx = jax.vjp(lambda v: self._apply(kernel, v, False), x)[1](g)[0]
+            return dk, dx
+
+        conv.defvjp(conv_fwd, conv_bwd)
+        return conv(kernel, x)
+
+    def _apply(self, kernel: Array, x: Array, use_patches: bool) -> Array:
         strides, dilation, groups = _pair(self.strides), _pair(self.dilation), self.feature_group_count
-        if not self._use_patches(kernel):
+        if not use_patches:
             return jax.lax.conv_general_dilated(
                 x, kernel, window_strides=strides, padding=self._conv_padding(), rhs_dilation=dilation,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,

@@ -124,7 +124,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ chunked epochs
     def _compiled(self, key: tuple, make: Callable) -> Callable:
-        """Compiled chunk runners are reused for identical phases (a second epoch loop, benchmarks)."""
+        """Compiled runners (chunks of steps, batched evaluation) are reused for identical phases
+        (a second epoch loop, repeated predictions, benchmarks)."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
@@ -288,13 +289,15 @@ class Trainer:
         """Predicted classes of the trained classifier on cached features."""
         clf = Classifier(self.num_classes, self.cfg.model.classifier_dropout)
         fn = lambda p, x: jnp.argmax(clf.apply({"params": p}, x), -1)
-        return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.state["params"]["classifier"], feats)
+        run = self._compiled(("predict_from_features",), lambda: map_batches(fn, self.mesh, self.cfg.training.eval_batch_size))
+        return run(self.state["params"]["classifier"], feats)
 
     def predict(self, images: jax.Array) -> jax.Array:
         """Predicted classes of the whole network (evaluation mode)."""
         model = self.model
         fn = lambda v, x: jnp.argmax(model.apply(v, x), -1)
-        return map_batches(fn, self.mesh, self.cfg.training.eval_batch_size)(self.variables(), images)
+        run = self._compiled(("predict",), lambda: map_batches(fn, self.mesh, self.cfg.training.eval_batch_size))
+        return run(self.variables(), images)
 
     # ------------------------------------------------------------------ the protocol
     def fit(self) -> dict[str, Any]:
