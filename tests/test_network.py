@@ -6,13 +6,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 import pytest
 
 from hebbjax import rules
 from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig, check_blocks
 from hebbjax.nn import build_network, pool2d, triangle
-from hebbjax.nn.layers import HebbianConv
+from hebbjax.nn.layers import HebbianConv, max_pool_views
 from hebbjax.train import ArrayData, Trainer, halving_schedule
 
 
@@ -29,6 +30,30 @@ def test_pools_follow_pytorch_semantics():
     np.testing.assert_allclose(pool2d("avg", x, 4, 2, 1)[0, 0, 0, 0], top_left, rtol=1e-6)
     np.testing.assert_allclose(pool2d("max", x, 4, 2, 1)[0, 0, 0, 0], x[0, :3, :3, 0].max())
     np.testing.assert_allclose(pool2d("sum", x, 2, 2, 0)[0, 1, 1, 0], x[0, 2:, 2:, 0].sum())
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pool_views_equals_xla_max_pool_in_value_and_gradient(kernel, stride, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+    g = jax.random.normal(jax.random.key(1), (2, *jax.eval_shape(lambda x: max_pool_views(x, kernel, stride, padding), x).shape[1:]))
+    pads = ((padding, padding), (padding, padding))
+
+    def value_and_vjp(pool, x):
+        y, vjp = jax.vjp(pool, x)
+        return y, vjp(g)[0]
+
+    got = jax.jit(lambda x: value_and_vjp(lambda v: max_pool_views(v, kernel, stride, padding), x))(x)
+    ref = jax.jit(lambda x: value_and_vjp(lambda v: nn.max_pool(v, (kernel, kernel), (stride, stride), pads), x))(x)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_one_element_per_window_on_ties():
+    """A constant input ties every window; each output's cotangent is counted exactly once, at
+    the first (row-major) element of its window, as PyTorch does."""
+    x = jnp.zeros((1, 4, 4, 1))
+    dx = jax.grad(lambda v: max_pool_views(v, 2, 2, 0).sum())(x)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
 
 
 def test_conv_layer_exposes_padded_input_and_preactivation():

@@ -8,8 +8,10 @@ a user's own JAX code.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -59,15 +61,59 @@ def apply_activation(name: str, param: float, u: Array) -> Array:
 
 def pool2d(kind: str, x: Array, kernel: int, stride: int, padding: int) -> Array:
     """PyTorch-semantics pooling: max pads with -inf; avg counts the zero padding (PyTorch's
-    ``count_include_pad=True``); sum is Holca-Lamarre's subsampling."""
+    ``count_include_pad=True``); sum is Holca-Lamarre's subsampling.
+
+    Max pooling on CPU is :func:`max_pool_views` (same values and gradient, faster forward
+    there); elsewhere XLA's ``reduce_window``."""
     pads = ((padding, padding), (padding, padding))
     if kind == "max":
-        return nn.max_pool(x, (kernel, kernel), (stride, stride), pads)
+        if jax.default_backend() == "cpu":
+            return max_pool_views(x, kernel, stride, padding)
+        return _xla_max_pool(x, kernel, stride, padding)
     if kind == "avg":
         return nn.avg_pool(x, (kernel, kernel), (stride, stride), pads, count_include_pad=True)
     if kind == "sum":
         return nn.avg_pool(x, (kernel, kernel), (stride, stride), pads, count_include_pad=True) * (kernel * kernel)
     raise ValueError(f"pool: unknown {kind!r}")
+
+
+def _window_views(x: Array, kernel: int, stride: int, padding: int) -> list[Array]:
+    """The ``kernel**2`` strided views of the ``-inf``-padded NHWC input, one per window offset
+    (row-major): view ``(i, j)`` holds, at every output position, the window's element ``(i, j)``."""
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+    ho, wo = (xp.shape[1] - kernel) // stride + 1, (xp.shape[2] - kernel) // stride + 1
+    return [
+        jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, xp.shape[3]), (1, stride, stride, 1))
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_views(x: Array, kernel: int, stride: int, padding: int) -> Array:
+    """Max pooling as the elementwise maximum of the window views (``-inf`` padding).
+
+    The forward pass is 1.2-2x faster than XLA's ``reduce_window`` on CPU (measured 2026-11-23:
+    max(4,2,1) alone at batch 64, and Fashion-MNIST feature extraction). The gradient is XLA's
+    (``select_and_scatter``: each output's cotangent goes to one maximum of its window): autodiff
+    of the ``maximum`` chain splits ties, and a hand-written first-maximum scatter over the views
+    made a whole backprop step 1.6x slower."""
+    return functools.reduce(jnp.maximum, _window_views(x, kernel, stride, padding))
+
+
+def _xla_max_pool(x: Array, kernel: int, stride: int, padding: int) -> Array:
+    return nn.max_pool(x, (kernel, kernel), (stride, stride), ((padding, padding), (padding, padding)))
+
+
+def _max_pool_fwd(x, kernel, stride, padding):
+    return max_pool_views(x, kernel, stride, padding), x
+
+
+def _max_pool_bwd(kernel, stride, padding, x, g):
+    return jax.vjp(lambda v: _xla_max_pool(v, kernel, stride, padding), x)[1](g)
+
+
+max_pool_views.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
