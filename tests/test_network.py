@@ -3,10 +3,10 @@ phases' semantics (which blocks learn, cached features, schedules)."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import optax
 import pytest
 

@@ -45,8 +45,8 @@ class BlockConfig:
     stride: int = 1
     padding: int = 0
     padding_mode: str = "reflect"  # zeros | reflect | replicate | circular
-    # conv arithmetic: xla (lax.conv) | patches (im2col + one matmul) | auto (patches on CPU for
-    # patches of >= 128 values, else xla)
+    # conv arithmetic: xla (lax.conv) | patches (im2col + one matmul) | auto (xla off CPU; on CPU
+    # patches for the kernel cotangent, and for the forward pass when a patch has >= 512 values)
     implementation: str = "auto"
     dilation: int = 1
     groups: int = 1

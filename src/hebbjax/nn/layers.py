@@ -93,8 +93,8 @@ def _window_views(x: Array, kernel: int, stride: int, padding: int) -> list[Arra
 def max_pool_views(x: Array, kernel: int, stride: int, padding: int) -> Array:
     """Max pooling as the elementwise maximum of the window views (``-inf`` padding).
 
-    The forward pass is 1.2-2x faster than XLA's ``reduce_window`` on CPU (measured 2026-11-23:
-    max(4,2,1) alone at batch 64, and Fashion-MNIST feature extraction). The gradient is XLA's
+    The forward pass is faster than XLA's ``reduce_window`` on CPU (measured 2026-11-23: 2-3x for
+    max(4,2,1) alone at batch 64, 1.2x for Fashion-MNIST feature extraction). The gradient is XLA's
     (``select_and_scatter``: each output's cotangent goes to one maximum of its window): autodiff
     of the ``maximum`` chain splits ties, and a hand-written first-maximum scatter over the views
     made a whole backprop step 1.6x slower."""

@@ -134,6 +134,9 @@ class Trainer:
                     check_finite: bool = False, cache_key: tuple | None = None) -> dict:
         make = lambda: scan_chunk(step, self.mesh, donate=False)
         run = make() if cache_key is None else self._compiled(cache_key, make)
+        # Once, not per chunk call: features come out of map_batches sharded over the devices,
+        # and jit would all-gather them on every call.
+        data = replicate(data, self.mesh)
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
         self.key, k_epochs = jax.random.split(self.key)
         idx, valid = epoch_indices(k_epochs, n, batch_size, epochs, self.cfg.training.steps_per_chunk)
