@@ -95,3 +95,21 @@ def test_bad_override_fails_before_compute(tmp_path):
     assert proc.returncode != 0
     assert "readout_epochs" in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_config_errors_come_before_any_data_is_loaded(tmp_path, monkeypatch):
+    """CIFAR-10 is not prepared and the data folder is empty: a config error must still be the
+    error (naming its key), not a missing-archive error, and nothing is loaded or downloaded."""
+    from hebbjax.run import run
+
+    monkeypatch.setenv("HEBBJAX_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HEBBJAX_TFDS_DIR", str(tmp_path / "tfds"))
+    cases = {
+        r"model\.blocks\[1\]\.kernel": ("+experiment=cifar_softhebb4", "model.blocks.1.kernel=40"),
+        r"data\.augment: unknown augmentation.*'flop'": ("+experiment=cifar_softhebb4", "data.augment=[crop,flop]"),
+        r"data\.name: unknown dataset 'cifar11'.*Did you mean 'cifar10'": ("data.name=cifar11",),
+    }
+    for pattern, overrides in cases.items():
+        with pytest.raises(ConfigError, match=pattern):
+            run(to_dataclass(_compose(*overrides)), tmp_path / "out")
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "out").exists()

@@ -44,6 +44,23 @@ def load_data(cfg: Config):
     return ArrayData(images, labels, train.num_classes), ArrayData(test.images, test.labels, test.num_classes)
 
 
+def check_before_data(cfg: Config) -> None:
+    """Config errors that need no data (dataset name, shapes chaining from the dataset's registered
+    image shape, augmentation names), raised before anything is loaded, prepared or downloaded."""
+    from hebbjax.data import get_spec
+    from hebbjax.data.augment import AUGMENTATIONS
+    from hebbjax.data.errors import UnknownDatasetError
+
+    try:
+        spec = get_spec(cfg.data.name)
+    except UnknownDatasetError as err:
+        raise ConfigError(f"data.name: {err}") from None
+    check_config(cfg, spec.image_shape)
+    unknown = [name for name in cfg.data.augment if name not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(f"data.augment: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
+
+
 def enable_compilation_cache() -> None:
     """Persist XLA compilations (``$HEBBJAX_COMPILATION_CACHE``, default ``~/.cache/hebbjax/jax``;
     empty disables): reruns and the later jobs of a multirun skip most compile time."""
@@ -63,8 +80,9 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
     from hebbjax.train import Trainer
 
     start = time.perf_counter()
+    check_before_data(cfg)
     train, test = load_data(cfg)
-    check_config(cfg, train.images.shape[1:])  # before any compute: shapes must chain
+    check_config(cfg, train.images.shape[1:])  # the images as loaded
     augment = None
     if cfg.data.augment:
         from hebbjax.data.augment import make_augmentation
