@@ -2,6 +2,7 @@
 phases' semantics (which blocks learn, cached features, schedules)."""
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -185,3 +186,46 @@ def test_halving_schedule_matches_softhebb_steps():
     assert float(s(170)) == pytest.approx(2.5e-4)
     assert float(s(450)) == pytest.approx(1e-3 / 2**7)
     assert float(halving_schedule(1e-3, 10, 10)(99)) == pytest.approx(1e-3)
+
+
+B = BlockConfig
+#: Seed architectures (seed_algorithms.md 1.10, 2, 3) as block lists: input shape, blocks, the
+#: classifier's input size the papers give.
+SEED_ARCHITECTURES = {
+    "5SoftHebbCnnSTL": ((96, 96, 3), [
+        B(channels=96, kernel=5, padding=2, activation="triangle(0.7)", pool="avg(4,2,1)"),
+        B(channels=384, kernel=3, padding=1, t_invert=0.65, activation="triangle(0.7)", pool="max(4,2,1)"),
+        B(channels=1536, kernel=3, padding=1, t_invert=0.45, activation="triangle(1.4)", pool="avg(4,2,1)"),
+        B(channels=6144, kernel=3, padding=1, t_invert=0.25, activation="triangle(1)", pool="avg(2,2,0)"),
+    ], 221184),
+    "6SoftHebbCnnImNet": ((160, 160, 3), [
+        B(channels=48, kernel=5, padding=2, pool="max(4,2,1)"), B(channels=192, kernel=3, padding=1, pool="max(4,2,1)"),
+        B(channels=768, kernel=3, padding=1, pool="max(4,2,1)"), B(channels=3072, kernel=3, padding=1, pool="max(4,2,1)"),
+        B(channels=12288, kernel=3, padding=1, pool="avg(2,2,0)"),
+    ], 307200),
+    "4CnnCIFAR": ((32, 32, 3), [
+        B(channels=96, kernel=5, padding=2, rule="bp", activation="relu", pool="max(4,2,1)"),
+        B(channels=384, kernel=3, padding=1, rule="bp", activation="relu", pool="max(4,2,1)"),
+        B(channels=1536, kernel=1, padding=0, groups=192, rule="bp", activation="relu", pool="max(2,2,0)"),
+    ], 24576),
+    "4HardCnnCIFAR": ((32, 32, 3), [
+        B(channels=96, kernel=5, padding=1, rule="hard_wta", pool="max(4,2,1)"),
+        B(channels=384, kernel=3, padding=1, rule="hard_wta", pool="max(4,2,1)"),
+        B(channels=1536, kernel=3, padding=0, rule="hard_wta", pool="max(2,2,0)"),
+    ], 6144),
+    # 2SoftMlpMNIST's dense layer on the flattened image, written as a conv whose kernel covers it.
+    "2SoftMlpMNIST": ((28, 28, 1), [
+        B(channels=2000, kernel=28, padding=0, input_norm="none", rule="soft_wta", t_invert=12, lr=0.045, radius=35,
+          lr_power=0.2, activation="softmax(5)"),
+    ], 2000),
+}
+
+
+@pytest.mark.parametrize("name", list(SEED_ARCHITECTURES))
+def test_seed_architectures_are_block_lists_with_the_papers_classifier_sizes(name):
+    shape, blocks, features = SEED_ARCHITECTURES[name]
+    h, w, c = check_blocks(blocks, shape)[-1]
+    assert h * w * c == features
+    net = build_network(blocks, 10)
+    out = jax.eval_shape(lambda x: net.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, classify=False)[0], jnp.zeros((2, *shape)))
+    assert math.prod(out.shape[1:]) == features
