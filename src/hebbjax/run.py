@@ -80,9 +80,8 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
     from hebbjax.train import Trainer
 
     start = time.perf_counter()
-    check_before_data(cfg)
+    check_before_data(cfg)  # the Trainer checks the shapes again on the images as loaded
     train, test = load_data(cfg)
-    check_config(cfg, train.images.shape[1:])  # the images as loaded
     augment = None
     if cfg.data.augment:
         from hebbjax.data.augment import make_augmentation

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hebbjax.rules import Activations, Conv, Dense
-from hebbjax.rules.linear import Array
+from hebbjax.rules.linear import Array, window_views
 
 # ----------------------------------------------------------------------------------------------
 # Activations (SoftHebb activation.py, Miconi's triangle): competition over the channel axis (last)
@@ -78,26 +77,20 @@ def pool2d(kind: str, x: Array, kernel: int, stride: int, padding: int) -> Array
 
 
 def _window_views(x: Array, kernel: int, stride: int, padding: int) -> list[Array]:
-    """The ``kernel**2`` strided views of the ``-inf``-padded NHWC input, one per window offset
-    (row-major): view ``(i, j)`` holds, at every output position, the window's element ``(i, j)``."""
+    """The pooling windows' strided views of the ``-inf``-padded input (see :func:`window_views`)."""
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    ho, wo = (xp.shape[1] - kernel) // stride + 1, (xp.shape[2] - kernel) // stride + 1
-    return [
-        jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, xp.shape[3]), (1, stride, stride, 1))
-        for i in range(kernel)
-        for j in range(kernel)
-    ]
+    return window_views(xp, (kernel, kernel), (stride, stride))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool_views(x: Array, kernel: int, stride: int, padding: int) -> Array:
     """Max pooling as the elementwise maximum of the window views (``-inf`` padding).
 
-    The forward pass is faster than XLA's ``reduce_window`` on CPU (measured 2026-11-23: 2-3x for
-    max(4,2,1) alone at batch 64, 1.2x for Fashion-MNIST feature extraction). The gradient is XLA's
+    The forward pass is faster than XLA's ``reduce_window`` on CPU (1.6-2.5x for max(4,2,1) at
+    batch 64, ``benchmarks/bench_cpu_kernels.py``, 2026-11-23). The gradient is XLA's
     (``select_and_scatter``: each output's cotangent goes to one maximum of its window): autodiff
-    of the ``maximum`` chain splits ties, and a hand-written first-maximum scatter over the views
-    made a whole backprop step 1.6x slower."""
+    of the ``maximum`` chain splits ties, and a hand-written first-maximum scatter over the views,
+    tried the same day, made a whole backprop step slower."""
     return functools.reduce(jnp.maximum, _window_views(x, kernel, stride, padding))
 
 

@@ -100,6 +100,21 @@ def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+def window_views(x: Array, window: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> list[Array]:
+    """The ``kh * kw`` strided views of an (already padded) NHWC input, one per window offset,
+    row-major: view ``(i, j)`` holds, at every output position, the window's element ``(i, j)``.
+    Concatenated on channels they are im2col patches (:meth:`Conv.patches`); their elementwise
+    maximum is max pooling (:func:`hebbjax.nn.layers.max_pool_views`)."""
+    (kh, kw), (sh, sw), (dh, dw) = window, strides, dilation
+    ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    return [
+        jax.lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 @struct.dataclass
 class Conv:
     """2-D convolution ``u = conv(pad(x), kernel)``, NHWC images and HWIO kernels.
@@ -116,8 +131,8 @@ class Conv:
         same linear map. ``"auto"``: XLA's convolution off CPU; on CPU, the forward map by patches
         when a patch has >= 512 values (else XLA's convolution, faster for thinner layers) and
         the kernel cotangent (the Hebbian correlation term, the weight gradient of BP) always by
-        patches: XLA's CPU weight-gradient convolution was 1.6-4x slower in SoftHebb's layers
-        (batch 10 and 100, 2026-11-23; 13x in a whole train step of a 32->128 3x3 layer).
+        patches: XLA's CPU weight-gradient convolution was 1.2-3.6x slower on every layer shape of
+        ``benchmarks/bench_cpu_kernels.py`` (2026-11-23).
     """
 
     strides: Any = struct.field(pytree_node=False, default=1)
@@ -166,8 +181,8 @@ class Conv:
     def _patches_forward(self, kernel: Array) -> bool:
         if self.implementation == "auto":
             # On CPU the patch matrix feeds one GEMM; with a short patch the GEMM is too thin to
-            # pay for the copy and XLA's convolution wins (measured: 288 values xla 1.6x faster,
-            # 864 values patches 1.5x faster, at batch 100).
+            # pay for the copy and XLA's convolution wins (bench_cpu_kernels.py at batch 100:
+            # 288 values xla 1.6x faster, 864 values patches 1.5x faster).
             kh, kw, cin_g, _ = kernel.shape
             return jax.default_backend() == "cpu" and kh * kw * cin_g >= 512
         return self.implementation == "patches"
@@ -226,14 +241,7 @@ class Conv:
             pad = jax.lax.padtype_to_pads(x.shape[1:3], eff, (sh, sw), pad)
         if any(p for pair in pad for p in pair):
             x = jnp.pad(x, ((0, 0), tuple(pad[0]), tuple(pad[1]), (0, 0)))
-        ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
-        wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
-        views = [
-            jax.lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1))
-            for i in range(kh)
-            for j in range(kw)
-        ]
-        return jnp.concatenate(views, axis=-1)
+        return jnp.concatenate(window_views(x, window, (sh, sw), (dh, dw)), axis=-1)
 
     def check(self, kernel: Array, x: Array) -> None:
         if jnp.ndim(kernel) != 4:

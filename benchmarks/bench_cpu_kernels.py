@@ -1,0 +1,87 @@
+"""The kernel-level measurements behind hebbjax's CPU choices (medians of 7 calls after compilation):
+
+- convolution forward and kernel cotangent (the Hebbian correlation term), XLA's convolution vs
+  patches times one matrix, on SoftHebb's and the Fashion-MNIST net's layer shapes;
+- max pooling max(4,2,1) at batch 64, forward and gradient: XLA's ``reduce_window`` /
+  ``select_and_scatter`` vs :func:`hebbjax.nn.layers.max_pool_views`;
+- one readout step (Adam, batch 64, 24576 features) with and without dropout's random mask.
+
+    python benchmarks/bench_cpu_kernels.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from hebbjax.nn.layers import max_pool_views
+from hebbjax.rules import Conv
+
+# (batch, height, in channels, kernel, out channels, padding)
+CONV_LAYERS = [(100, 28, 1, 5, 32, 2), (100, 14, 32, 3, 128, 1), (10, 32, 3, 5, 96, 2), (10, 16, 96, 3, 384, 1),
+               (100, 16, 96, 3, 384, 1), (10, 8, 384, 3, 1536, 1), (100, 8, 384, 3, 1536, 1)]
+POOL_INPUTS = [(64, 28, 28, 32), (64, 14, 14, 128), (64, 28, 28, 64), (64, 14, 14, 256)]
+
+
+def ms(fn, *args) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    print(f"backend={jax.default_backend()} jax={jax.__version__}")
+    for b, h, cin, k, cout, pad in CONV_LAYERS:
+        x = jax.random.normal(jax.random.key(0), (b, h + 2 * pad, h + 2 * pad, cin))
+        w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+        g = jnp.ones((b, h, h, cout))
+        r = {}
+        for impl in ("xla", "patches"):
+            conv = Conv(implementation=impl)
+            r["fwd", impl] = ms(jax.jit(lambda w, x: conv(w, x)), w, x)
+            r["dk", impl] = ms(jax.jit(lambda w, x: jax.vjp(lambda v: conv(v, x), w)[1](g)[0]), w, x)
+        print(f"conv b{b} {h}x{h}x{cin} k{k} -> {cout} (patch {k * k * cin:4d}): forward xla {r['fwd', 'xla']:7.1f} "
+              f"patches {r['fwd', 'patches']:7.1f} ms | kernel cotangent xla {r['dk', 'xla']:7.1f} patches {r['dk', 'patches']:7.1f} ms")
+
+    for shape in POOL_INPUTS:
+        x = jax.random.normal(jax.random.key(0), shape)
+        xla = lambda v: nn.max_pool(v, (4, 4), (2, 2), ((1, 1), (1, 1)))
+        views = lambda v: max_pool_views(v, 4, 2, 1)
+        fwd = [ms(jax.jit(f), x) for f in (xla, views)]
+        grad = [ms(jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2))), x) for f in (xla, views)]
+        print(f"max(4,2,1) {shape}: forward xla {fwd[0]:5.1f} views {fwd[1]:5.1f} ms | gradient xla {grad[0]:5.1f} views {grad[1]:5.1f} ms")
+
+    feats = jax.random.normal(jax.random.key(0), (5000, 24576))
+    labels = jax.random.randint(jax.random.key(1), (5000,), 0, 10)
+    idx = jax.random.randint(jax.random.key(2), (100, 64), 0, 5000)
+    tx = optax.adam(1e-3)
+    for dropout in (0.0, 0.5):
+        clf = nn.Sequential([nn.Dropout(dropout, deterministic=dropout == 0), nn.Dense(10)])
+        params = clf.init(jax.random.key(3), feats[:1])
+        key = jax.random.key(4, impl="rbg")
+
+        @jax.jit
+        def steps(params, key):
+            def body(c, i):
+                p, opt, k = c
+                k, k_drop = jax.random.split(k)
+                loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(clf.apply(p, feats[i], rngs={"dropout": k_drop}), labels[i]).mean()
+                updates, opt = tx.update(jax.grad(loss)(p), opt, p)
+                return (optax.apply_updates(p, updates), opt, k), None
+
+            return jax.lax.scan(body, (params, tx.init(params), key), idx)[0][0]
+
+        print(f"readout step, batch 64 x 24576 features, dropout {dropout}: {ms(steps, params, key) / 100:5.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
