@@ -30,6 +30,19 @@ def test_softhebb_cifar_experiments_compose_and_chain(name, features):
     assert h * w * c == features
 
 
+@pytest.mark.parametrize("name, shape, features", [("stl10_softhebb5", (96, 96, 3), 221184), ("imagenet_softhebb6", (160, 160, 3), 307200)])
+def test_stl10_and_imagenet_experiments_compose_with_their_unsupervised_data(name, shape, features):
+    cfg = to_dataclass(_compose(f"+experiment={name}"))
+    h, w, c = check_config(cfg, shape)[-1]
+    assert h * w * c == features  # the papers' classifier input sizes
+    if name == "stl10_softhebb5":  # STL10_unlabel -> STL10_100aug
+        assert cfg.data.unsup_split == "unlabelled" and cfg.training.unsup_batch_size == 32
+        assert cfg.data.augment == ["crop", "flip"] and cfg.training.readout_epochs == 100
+    else:  # ImageNet_1160 -> ImageNet_200aug160
+        assert cfg.data.limit_unsup == 128116 and cfg.data.unsup_augment == ["resized_crop", "flip"]
+        assert cfg.data.placement == "auto" and cfg.training.readout_epochs == 200
+
+
 def test_unknown_key_is_an_error_naming_the_key():
     with pytest.raises(ConfigCompositionException, match="redout_epochs"):
         _compose("training.redout_epochs=3")
@@ -108,8 +121,70 @@ def test_config_errors_come_before_any_data_is_loaded(tmp_path, monkeypatch):
         r"model\.blocks\[1\]\.kernel": ("+experiment=cifar_softhebb4", "model.blocks.1.kernel=40"),
         r"data\.augment: unknown augmentation.*'flop'": ("+experiment=cifar_softhebb4", "data.augment=[crop,flop]"),
         r"data\.name: unknown dataset 'cifar11'.*Did you mean 'cifar10'": ("data.name=cifar11",),
+        r"data\.unsup_split: .*no split 'unlabeled'": ("+experiment=stl10_softhebb5", "data.unsup_split=unlabeled"),
+        r"data\.unsup_augment: unknown augmentation.*'crop_resized'": ("data.unsup_augment=[crop_resized]",),
+        r"data\.placement: 'imagenet2012' is too large": ("+experiment=imagenet_softhebb6", "data.placement=in_memory"),
+        r"data\.augment_options\.scale: expected \[low, high\]": ("data.augment_options.scale=[0.5]",),
+        r"data\.limit_unsup: expected a positive": ("data.limit_unsup=0",),
     }
     for pattern, overrides in cases.items():
         with pytest.raises(ConfigError, match=pattern):
             run(to_dataclass(_compose(*overrides)), tmp_path / "out")
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- data through the command
+
+TINY = [{"layer": "conv", "channels": 4, "kernel": 5, "stride": 4, "padding": 2, "rule": "softhebb", "lr": 0.05,
+         "activation": "triangle(1)", "pool": "avg(4,4,0)"}]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Small STL-10 and ImageNet archives in the original formats, prepared offline once."""
+    import tensorflow_datasets as tfds
+
+    from hebbjax.data import prepare, synthetic
+
+    root, tfds_dir = tmp_path_factory.mktemp("archives"), tmp_path_factory.mktemp("tfds")
+    wnids = Path(tfds.core.tfds_path("datasets/imagenet2012/labels.txt")).read_text().split()[:3]
+    synthetic.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20)
+    synthetic.write_imagenet(root / "imagenet2012", wnids, per_class=4, n_val=4)
+    for name in ("stl10", "imagenet2012"):
+        prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=synthetic.checksums(sorted((root / name).iterdir())))
+    return root, tfds_dir
+
+
+def _run_tiny(prepared, tmp_path, monkeypatch, *overrides):
+    import dataclasses
+
+    from hebbjax.config import BlockConfig
+    from hebbjax.run import run
+
+    root, tfds_dir = prepared
+    monkeypatch.setenv("HEBBJAX_TFDS_DIR", str(tfds_dir))
+    cfg = to_dataclass(_compose("training.readout_epochs=2", "training.eval_batch_size=4", "training.steps_per_chunk=2",
+                                "logging.progress=false", f"data.dir={root}", *overrides))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=[BlockConfig(**b) for b in TINY]))
+    return run(cfg, tmp_path / "out")
+
+
+def test_imagenet_trains_streamed_from_the_host_with_augmentation(prepared, tmp_path, monkeypatch):
+    res = _run_tiny(prepared, tmp_path, monkeypatch, "data.name=imagenet2012", "training.unsup_batch_size=2",
+                    "training.readout_batch_size=4", "data.limit_unsup=8", "data.unsup_augment=[resized_crop,flip]",
+                    "data.augment=[resized_crop,flip]", "data.augment_options.scale=[0.5,1.0]")
+    assert res["streamed"] is True
+    assert (res["train_samples"], res["test_samples"], res["unsup_samples"]) == (12, 4, 8)
+    # 8 unsupervised images at batch 2; accuracies are fractions of 12 and 4 images
+    assert res["unsupervised_images_per_second"] > 0 and res["seconds"]["unsupervised"] > 0
+    assert round(res["train_accuracy"] * 12) == pytest.approx(res["train_accuracy"] * 12)
+    assert round(res["test_accuracy"] * 4) == pytest.approx(res["test_accuracy"] * 4)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["unsup_samples"] == 8
+
+
+def test_stl10_hebbian_phase_reads_the_unlabelled_split(prepared, tmp_path, monkeypatch):
+    res = _run_tiny(prepared, tmp_path, monkeypatch, "data.name=stl10", "data.unsup_split=unlabelled",
+                    "training.unsup_batch_size=4", "training.readout_batch_size=4")
+    assert res["streamed"] is False
+    assert (res["train_samples"], res["test_samples"], res["unsup_samples"]) == (12, 6, 20)
+    assert res["seconds"]["unsupervised"] > 0

@@ -92,12 +92,31 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentOptions:
+    """Options of the augmentations named in ``data.augment`` / ``data.unsup_augment``
+    (:mod:`hebbjax.data.augment`; torchvision's defaults as SoftHebb used them)."""
+
+    padding: int = 4  # crop: reflect padding on each side
+    flip_prob: float = 0.5  # flip
+    noise_std: float = 1.0  # noise: additive N(0, std^2) (MNIST_100aug)
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # resized_crop: area fraction range
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # resized_crop: aspect ratio range
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"
     dir: Optional[str] = None  # offline archives: one folder per dataset (also $HEBBJAX_DATA_DIR)
     validation: bool = False  # evaluate on a seeded 20% of train instead of the test split
     augment: list[str] = field(default_factory=list)  # readout/BP augmentation: crop, flip, noise, resized_crop
+    unsup_augment: list[str] = field(default_factory=list)  # unsupervised-phase augmentation (ImageNet: resized_crop, flip)
+    augment_options: AugmentOptions = field(default_factory=AugmentOptions)
     limit_train: Optional[int] = None  # use only the first N training samples (quick runs)
+    unsup_split: Optional[str] = None  # the unsupervised phase's split (stl10: unlabelled); default: the training set
+    limit_unsup: Optional[int] = None  # the unsupervised phase uses only its first N images (ImageNet_1160: 10%)
+    # in_memory: the dataset lives on the device(s); stream: read from the host in chunks copied
+    # ahead of the step; auto: stream only the datasets too large for memory (ImageNet)
+    placement: str = "auto"
 
 
 @dataclass

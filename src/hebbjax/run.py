@@ -7,6 +7,7 @@ and prints a one-line summary last. Config files live in the repository's ``conf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,19 +30,29 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" c
 
 
 def load_data(cfg: Config):
-    """(train, test) as in-memory arrays, honouring data.dir, data.validation and data.limit_train."""
-    from hebbjax.data import load
-    from hebbjax.train import ArrayData
+    """(train, test, unsup): each split on the device(s) (``ArrayData``) or streamed from the host
+    (``StreamData``, by data.placement), honouring data.dir, data.validation, data.limit_train,
+    data.unsup_split and data.limit_unsup. ``unsup`` is None when the unsupervised phase reads
+    the training set itself."""
+    from hebbjax.data import get_spec, load
+    from hebbjax.train import ArrayData, StreamData
 
-    kw = dict(data_dir=cfg.data.dir, validation=cfg.data.validation, seed=cfg.seed)
-    train, test = load(cfg.data.name, "train", **kw), load(cfg.data.name, "test", **kw)
-    n = cfg.data.limit_train
-    images, labels = train.images, train.labels
-    if n is not None:
-        if n < 1:
-            raise ConfigError(f"data.limit_train: expected a positive number of samples, got {n}")
-        images, labels = images[:n], labels[:n]
-    return ArrayData(images, labels, train.num_classes), ArrayData(test.images, test.labels, test.num_classes)
+    d = cfg.data
+    spec = get_spec(d.name)
+    streamed = d.placement == "stream" or (d.placement == "auto" and not spec.in_memory)
+    kw = dict(data_dir=d.dir, validation=d.validation, seed=cfg.seed)
+
+    def split(name: str, limit: int | None):
+        if streamed:
+            return StreamData.from_stream(d.name, name, limit=limit, **kw)
+        data = load(d.name, name, **kw)
+        return ArrayData(data.images[:limit], data.labels[:limit], data.num_classes, data.normalization)
+
+    train, test = split("train", d.limit_train), split("test", None)
+    unsup = None
+    if d.unsup_split is not None or d.limit_unsup is not None:
+        unsup = split(d.unsup_split or "train", d.limit_unsup)
+    return train, test, unsup
 
 
 def check_before_data(cfg: Config) -> None:
@@ -56,9 +67,38 @@ def check_before_data(cfg: Config) -> None:
     except UnknownDatasetError as err:
         raise ConfigError(f"data.name: {err}") from None
     check_config(cfg, spec.image_shape)
-    unknown = [name for name in cfg.data.augment if name not in AUGMENTATIONS]
-    if unknown:
-        raise ConfigError(f"data.augment: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
+    d = cfg.data
+    for key, names in (("data.augment", d.augment), ("data.unsup_augment", d.unsup_augment)):
+        unknown = [name for name in names if name not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(f"{key}: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
+    options = d.augment_options
+    for key in ("scale", "ratio"):
+        low_high = list(getattr(options, key))
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigError(f"data.augment_options.{key}: expected [low, high] with 0 < low <= high, got {low_high}")
+    if d.placement not in ("auto", "in_memory", "stream"):
+        raise ConfigError(f"data.placement: expected one of ['auto', 'in_memory', 'stream'], got {d.placement!r}")
+    if d.placement == "in_memory" and not spec.in_memory:
+        raise ConfigError(f"data.placement: {spec.name!r} is too large for memory; use stream (or auto)")
+    for key in ("limit_train", "limit_unsup"):
+        if getattr(d, key) is not None and getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}: expected a positive number of samples, got {getattr(d, key)}")
+    if d.unsup_split is not None:
+        try:
+            spec.tfds_split(d.unsup_split)
+        except ValueError as err:
+            raise ConfigError(f"data.unsup_split: {err}") from None
+
+
+def augmentation(names: list[str], options) -> Any:
+    """``fn(key, images)`` applying ``names`` with their options from data.augment_options; None if none."""
+    if not names:
+        return None
+    from hebbjax.data.augment import make_augmentation, options_of
+
+    chosen = {k: v for k, v in dataclasses.asdict(options).items() if k in options_of(names)}
+    return make_augmentation(list(names), **chosen)
 
 
 def enable_compilation_cache() -> None:
@@ -77,25 +117,27 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
     import jax
 
     enable_compilation_cache()
-    from hebbjax.train import Trainer
+    from hebbjax.train import StreamData, Trainer
 
     start = time.perf_counter()
     check_before_data(cfg)  # the Trainer checks the shapes again on the images as loaded
-    train, test = load_data(cfg)
-    augment = None
-    if cfg.data.augment:
-        from hebbjax.data.augment import make_augmentation
-
-        augment = make_augmentation(list(cfg.data.augment))
-    trainer = Trainer(cfg, train, test, augment=augment, progress=cfg.logging.progress)
+    train, test, unsup = load_data(cfg)
+    trainer = Trainer(
+        cfg, train, test, unsup=unsup,
+        augment=augmentation(cfg.data.augment, cfg.data.augment_options),
+        unsup_augment=augmentation(cfg.data.unsup_augment, cfg.data.augment_options),
+        progress=cfg.logging.progress,
+    )
     results = trainer.fit()
     results["seconds"]["wall_total"] = time.perf_counter() - start
     results = {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
         **results,
-        "train_samples": int(train.images.shape[0]),
-        "test_samples": int(test.images.shape[0]),
+        "train_samples": train.num_examples,
+        "test_samples": test.num_examples,
+        "unsup_samples": (unsup or train).num_examples,
+        "streamed": isinstance(train, StreamData),
         "jax_version": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
@@ -128,4 +170,6 @@ def main(dcfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if not Path(CONF_DIR).is_dir():  # a non-editable install has no conf/ beside the package
+        raise SystemExit(f"hebbjax: config folder {CONF_DIR} not found; set HEBBJAX_CONF_DIR to the repository's conf/ folder")
     main()

@@ -155,6 +155,11 @@ def _options(fn: Callable[..., jax.Array]) -> set[str]:
     return set(params) - {"key", "images"}
 
 
+def options_of(names: Sequence[str]) -> set[str]:
+    """The options that the named augmentations take together (e.g. to pick a config's)."""
+    return set().union(*(_options(AUGMENTATIONS[n]) for n in names if n in AUGMENTATIONS))
+
+
 def _hashable(value: object) -> object:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return tuple(value)

@@ -499,6 +499,11 @@ class BatchStream:
         self._finalizer = weakref.finalize(self, _stop, self._stop, pool)
         self._thread.start()
 
+    @property
+    def num_examples(self) -> int:
+        """Examples per epoch (the split, or its validation part)."""
+        return self._n
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return self._n // self.batch_size if self._drop else -(-self._n // self.batch_size)
@@ -536,6 +541,8 @@ def stream(
     batch_size: int,
     *,
     seed: int = 0,
+    shuffle_seed: int | None = None,
+    limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
     prefetch: int = 2,
     validation: bool = False,
@@ -552,11 +559,13 @@ def stream(
     """Streams ``(images, labels)`` numpy batches of any dataset (ImageNet included).
 
     Records are read at random from ``tfds.data_source`` in a seeded order per
-    epoch (``seed`` and the epoch number), decoded on a background thread pool,
+    epoch (``shuffle_seed``, default ``seed``, and the epoch number), decoded on a background thread pool,
     with ``prefetch`` batches kept ready. Images are float32 like :func:`load`
     (``dtype="uint8"`` sends 4x fewer bytes to the device; use
     :func:`to_float` there). ``validation`` selects the same 80 / 20 parts of
-    train as :func:`load`. ``epochs=None`` repeats forever. Other arguments: see
+    train as :func:`load` (``seed`` is the seed of that split; a training loop varies only
+    ``shuffle_seed`` between its passes). ``limit``: only the first ``limit`` examples of that
+    (part of the) split, in stored order. ``epochs=None`` repeats forever. Other arguments: see
     :func:`load`.
     """
     spec = get_spec(name)
@@ -590,12 +599,16 @@ def stream(
     if part is not None:
         fit, held_out = validation_split(n, seed)
         indices = held_out if part else fit
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit: expected a positive number of examples, got {limit}")
+        indices = indices[:limit]
     return BatchStream(
         spec,
         read,
         indices,
         batch_size,
-        seed=seed,
+        seed=seed if shuffle_seed is None else shuffle_seed,
         epochs=epochs,
         shuffle=shuffle,
         drop_remainder=drop_remainder,

@@ -73,6 +73,19 @@ def epoch_indices(key: jax.Array, n: int, batch_size: int, epochs: int, steps_pe
     return idx, valid
 
 
+def _skipping_padded(step: Callable, get_batch: Callable) -> Callable:
+    """Scan body ``(carry, (x, ok))``: ``step(carry, get_batch(x))`` where ``ok``, else the carry
+    unchanged and zero metrics (``lax.cond``: a padded step costs no compute)."""
+
+    def body(c, inp):
+        x, ok = inp
+        batch = get_batch(x)
+        zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(step, c, batch)[1])
+        return jax.lax.cond(ok, step, lambda c, _: (c, zeros), c, batch)
+
+    return body
+
+
 def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
     """Compile ``run(carry, data, idx, valid) -> (carry, metrics)``.
 
@@ -85,13 +98,8 @@ def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
     """
 
     def local(carry, data, idx, valid):
-        def body(c, inp):
-            i, ok = inp
-            batch = jax.tree_util.tree_map(lambda d: d[i], data)
-            zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(step, c, batch)[1])
-            return jax.lax.cond(ok, step, lambda c, _: (c, zeros), c, batch)
-
-        return jax.lax.scan(body, carry, (idx, valid))
+        gather = lambda i: jax.tree_util.tree_map(lambda d: d[i], data)
+        return jax.lax.scan(_skipping_padded(step, gather), carry, (idx, valid))
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, AXIS), P()), out_specs=(P(), P()))
     compiled = jax.jit(sharded, donate_argnums=(0,) if donate else ())
@@ -102,6 +110,35 @@ def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
         return compiled(replicate(carry, mesh), data, replicate(idx, mesh), replicate(valid, mesh))
 
     return run
+
+
+def scan_batches(step: Callable, mesh: Mesh) -> Callable:
+    """Compile ``run(carry, batches, valid) -> (carry, metrics)`` for data streamed from the host.
+
+    ``batches``: a pytree of ``(steps, batch, ...)`` arrays, a chunk of consecutive batches stacked
+    on the host and sharded over the devices along the batch axis (:func:`put_batches`);
+    ``valid``: ``(steps,)`` mask of real steps (a short last chunk is padded). ``step`` is as in
+    :func:`scan_chunk`. One call runs the whole chunk, so Python dispatch is paid per chunk, not
+    per SoftHebb batch of 10.
+    """
+
+    def local(carry, batches, valid):
+        return jax.lax.scan(_skipping_padded(step, lambda b: b), carry, (batches, valid))
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, AXIS), P()), out_specs=(P(), P()))
+    compiled = jax.jit(sharded)
+
+    def run(carry, batches, valid):
+        return compiled(replicate(carry, mesh), batches, replicate(valid, mesh))
+
+    return run
+
+
+def put_batches(tree: Any, mesh: Mesh, axis: int = 1) -> Any:
+    """Start copying host arrays to the devices, split along ``axis`` (the batch axis), without
+    waiting: the copy overlaps with the computation already dispatched."""
+    spec = P(*([None] * axis), AXIS)
+    return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
 def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
