@@ -4,7 +4,7 @@
   patches times one matrix, on SoftHebb's and the Fashion-MNIST net's layer shapes;
 - max pooling max(4,2,1) at batch 64, forward and gradient: XLA's ``reduce_window`` /
   ``select_and_scatter`` vs :func:`hebbjax.nn.layers.max_pool_views`;
-- one readout step (Adam, batch 64, 24576 features) with and without dropout's random mask.
+- one readout step (Adam, batch 64, 24576 features): no dropout, hebbjax's Dropout, flax's nn.Dropout.
 
     python benchmarks/bench_cpu_kernels.py
 """
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from hebbjax.nn.layers import max_pool_views
+from hebbjax.nn.network import Classifier
 from hebbjax.rules import Conv
 
 # (batch, height, in channels, kernel, out channels, padding)
@@ -64,23 +65,28 @@ def main() -> None:
     labels = jax.random.randint(jax.random.key(1), (5000,), 0, 10)
     idx = jax.random.randint(jax.random.key(2), (100, 64), 0, 5000)
     tx = optax.adam(1e-3)
-    for dropout in (0.0, 0.5):
-        clf = nn.Sequential([nn.Dropout(dropout, deterministic=dropout == 0), nn.Dense(10)])
+    readouts = {
+        "no dropout": (Classifier(10, 0.0), True),
+        "dropout 0.5, hebbjax Dropout (32 draws per random word)": (Classifier(10, 0.5), True),
+        "dropout 0.5, flax nn.Dropout (bernoulli)": (nn.Sequential([nn.Dropout(0.5, deterministic=False), nn.Dense(10)]), False),
+    }
+    for name, (clf, is_classifier) in readouts.items():
         params = clf.init(jax.random.key(3), feats[:1])
         key = jax.random.key(4, impl="rbg")
+        kwargs = {"train": True} if is_classifier else {}
 
         @jax.jit
-        def steps(params, key):
+        def steps(params, key, clf=clf, kwargs=kwargs):
             def body(c, i):
                 p, opt, k = c
                 k, k_drop = jax.random.split(k)
-                loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(clf.apply(p, feats[i], rngs={"dropout": k_drop}), labels[i]).mean()
+                loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(clf.apply(p, feats[i], rngs={"dropout": k_drop}, **kwargs), labels[i]).mean()
                 updates, opt = tx.update(jax.grad(loss)(p), opt, p)
                 return (optax.apply_updates(p, updates), opt, k), None
 
             return jax.lax.scan(body, (params, tx.init(params), key), idx)[0][0]
 
-        print(f"readout step, batch 64 x 24576 features, dropout {dropout}: {ms(steps, params, key) / 100:5.2f} ms")
+        print(f"readout step, batch 64 x 24576 features, {name}: {ms(steps, params, key) / 100:5.2f} ms")
 
 
 if __name__ == "__main__":

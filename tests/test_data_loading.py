@@ -294,6 +294,29 @@ def test_stream_validation_matches_load(synth):
     assert rows(images, labels) == rows(held.images, held.labels)
 
 
+def test_stream_limit_and_shuffle_seed_stay_inside_the_validation_split(synth):
+    """The held-out 20% never leaks into a limited or reshuffled training stream: ``seed`` fixes
+    the split, ``shuffle_seed`` only the order, ``limit`` takes the first images of the part."""
+    kw = dict(data_dir=synth["root"], tfds_dir=synth["tfds_dir"], dtype="uint8", validation=True, seed=3)
+    fit, held_out = validation_split(50, seed=3)
+    reference = _load(synth, "cifar10", "train", dtype="uint8")  # stored order: index i is row i
+    row = {reference.images[i].tobytes(): i for i in range(50)}
+
+    def indices(**more) -> list[int]:
+        with stream("cifar10", "train", 5, **kw, **more) as batches:
+            return [row[x.tobytes()] for images, _ in batches for x in images]
+
+    limited = indices(limit=20, shuffle_seed=1)
+    assert sorted(limited) == sorted(fit[:20].tolist())
+    other_order = indices(limit=20, shuffle_seed=2)
+    assert sorted(other_order) == sorted(limited) and other_order != limited
+    with stream("cifar10", "test", 5, **kw) as batches:  # the held-out part, same seed
+        held = [row[x.tobytes()] for images, _ in batches for x in images]
+    assert sorted(held) == held_out.tolist() and not set(held) & set(indices(shuffle_seed=7))
+    with pytest.raises(ValueError, match="limit: expected a positive number"):
+        stream("cifar10", "train", 5, limit=0, **kw)
+
+
 def test_stream_of_digits_prefetches_and_stops_on_close():
     s = stream("digits", "train", 32, seed=0, epochs=None, prefetch=2)
     first = next(s)
@@ -329,13 +352,27 @@ def test_stream_forwards_producer_errors():
         next(s)
 
 
+@pytest.mark.parametrize("normalization", ["unit", "imagenet"])
+def test_to_float_on_the_device_equals_the_host_for_every_value(normalization):
+    import jax
+
+    from hebbjax.data.loading import to_float
+
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    device = np.asarray(jax.jit(lambda x: to_float(x, normalization))(values))
+    np.testing.assert_array_equal(device, to_float(values, normalization))
+    assert device.dtype == np.float32
+    if normalization == "unit":
+        assert (device.min(), device.max()) == (0.0, 1.0)
+
+
 def test_to_float_works_on_device_arrays_under_jit(synth):
     import jax
     import jax.numpy as jnp
 
     ds = _load(synth, "imagenette", "test", dtype="uint8")
     out = jax.jit(ds.to_float)(jnp.asarray(ds.images))
-    np.testing.assert_allclose(np.asarray(out), _load(synth, "imagenette", "test").images, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out), _load(synth, "imagenette", "test").images)  # bit for bit
     assert ds.to_float(out) is out  # float input passes through
 
 

@@ -120,7 +120,7 @@ def _cfg(**training):
 def test_one_network_step_equals_the_rule_pipeline_by_hand():
     """Trainer's Hebbian step == BN(batch stats) -> observe -> softhebb -> max-abs -> norm lr -> apply."""
     data = _data(n=4)
-    trainer = Trainer(_cfg(), data, data, progress=False)
+    trainer = Trainer(_cfg(readout_batch_size=4), data, data, progress=False)
     w0 = trainer.state["params"]["block_0"]["layer"]["kernel"]
     x = jnp.asarray(data.images)
     xn = (x - x.mean((0, 1, 2))) / jnp.sqrt(x.var((0, 1, 2)) + 1e-5)
@@ -229,3 +229,29 @@ def test_seed_architectures_are_block_lists_with_the_papers_classifier_sizes(nam
     net = build_network(blocks, 10)
     out = jax.eval_shape(lambda x: net.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, classify=False)[0], jnp.zeros((2, *shape)))
     assert math.prod(out.shape[1:]) == features
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.75, 0.9375, 0.6])  # packed 1, 2, 4 bits; bernoulli
+def test_dropout_masks_are_independent_bernoulli_draws(keep):
+    from hebbjax.nn.layers import keep_mask
+
+    shape = (256, 1000)
+    mask = np.asarray(keep_mask(jax.random.key(0), keep, shape))
+    n = mask.size
+    assert abs(mask.mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n)
+    # neighbours (bits of one random word) and rows are uncorrelated
+    m = mask.astype(float) - keep
+    for a, b in ((m[:, :-1], m[:, 1:]), (m[:-1], m[1:]), (m[:, :-32], m[:, 32:])):
+        assert abs(float(np.mean(a * b))) / (keep * (1 - keep)) < 4 / np.sqrt(a.size)
+    other = np.asarray(keep_mask(jax.random.key(1), keep, shape))
+    assert 0 < np.mean(mask != other) < 1
+
+
+def test_dropout_scales_kept_values_and_is_identity_in_evaluation():
+    from hebbjax.nn.layers import Dropout
+
+    x = jnp.ones((64, 100))
+    layer = Dropout(0.5)
+    y = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+    assert set(np.unique(y)) == {0.0, 2.0} and abs(y.mean() - 1.0) < 0.05
+    assert np.asarray(layer.apply({}, x, deterministic=True)).tolist() == np.asarray(x).tolist()

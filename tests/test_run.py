@@ -126,6 +126,11 @@ def test_config_errors_come_before_any_data_is_loaded(tmp_path, monkeypatch):
         r"data\.placement: 'imagenet2012' is too large": ("+experiment=imagenet_softhebb6", "data.placement=in_memory"),
         r"data\.augment_options\.scale: expected \[low, high\]": ("data.augment_options.scale=[0.5]",),
         r"data\.limit_unsup: expected a positive": ("data.limit_unsup=0",),
+        r"data\.unsup_split: expected a split without evaluation images": ("+experiment=stl10_softhebb5", "data.unsup_split=test"),
+        r"data\.limit_unsup: only the unsupervised phase reads it.*method=bp": ("training.method=bp", "data.limit_unsup=100"),
+        r"data\.unsup_augment: only the unsupervised phase.*mode=simultaneous": ("training.mode=simultaneous", "data.unsup_augment=[flip]"),
+        r"data\.augment_options\.padding: expected 0 <= padding < 8": ("data.augment_options.padding=8",),
+        r"data\.augment_options\.flip_prob: expected a probability": ("data.augment_options.flip_prob=2",),
     }
     for pattern, overrides in cases.items():
         with pytest.raises(ConfigError, match=pattern):

@@ -30,10 +30,11 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" c
 
 
 def load_data(cfg: Config):
-    """(train, test, unsup): each split on the device(s) (``ArrayData``) or streamed from the host
-    (``StreamData``, by data.placement), honouring data.dir, data.validation, data.limit_train,
-    data.unsup_split and data.limit_unsup. ``unsup`` is None when the unsupervised phase reads
-    the training set itself."""
+    """(train, test, unsup, unsup_limit) for :class:`hebbjax.train.Trainer`: each split on the
+    device(s) (``ArrayData``) or streamed from the host (``StreamData``, by data.placement),
+    honouring data.dir, data.validation, data.limit_train, data.unsup_split and data.limit_unsup.
+    ``unsup`` is None when the unsupervised phase reads the training set itself; then, in memory,
+    ``unsup_limit`` makes it read a prefix of train without a second copy."""
     from hebbjax.data import get_spec, load
     from hebbjax.train import ArrayData, StreamData
 
@@ -46,13 +47,14 @@ def load_data(cfg: Config):
         if streamed:
             return StreamData.from_stream(d.name, name, limit=limit, **kw)
         data = load(d.name, name, **kw)
-        return ArrayData(data.images[:limit], data.labels[:limit], data.num_classes, data.normalization)
+        return ArrayData(data.images[:limit], data.labels[:limit], data.num_classes, data.normalization)  # views
 
     train, test = split("train", d.limit_train), split("test", None)
-    unsup = None
-    if d.unsup_split is not None or d.limit_unsup is not None:
-        unsup = split(d.unsup_split or "train", d.limit_unsup)
-    return train, test, unsup
+    if d.unsup_split is not None and d.unsup_split != "train":
+        return train, test, split(d.unsup_split, d.limit_unsup), None
+    if d.limit_unsup is not None and streamed:
+        return train, test, split("train", d.limit_unsup), None
+    return train, test, None, d.limit_unsup
 
 
 def check_before_data(cfg: Config) -> None:
@@ -89,6 +91,21 @@ def check_before_data(cfg: Config) -> None:
             spec.tfds_split(d.unsup_split)
         except ValueError as err:
             raise ConfigError(f"data.unsup_split: {err}") from None
+        if d.unsup_split not in ("train", "unlabelled"):  # never the images a run is evaluated on
+            raise ConfigError(f"data.unsup_split: expected a split without evaluation images (train, unlabelled), got {d.unsup_split!r}")
+    t = cfg.training
+    if t.method != "hebbian" or t.mode == "simultaneous":
+        for key in ("unsup_split", "limit_unsup", "unsup_augment"):
+            if getattr(d, key) not in (None, []):
+                raise ConfigError(f"data.{key}: only the unsupervised phase reads it, which runs with training.method=hebbian "
+                                  f"in mode successive or consecutive (got method={t.method}, mode={t.mode})")
+    side = min(spec.image_shape[:2])
+    if not 0 <= options.padding < side:
+        raise ConfigError(f"data.augment_options.padding: expected 0 <= padding < {side} (the image side), got {options.padding}")
+    if not 0.0 <= options.flip_prob <= 1.0:
+        raise ConfigError(f"data.augment_options.flip_prob: expected a probability in [0, 1], got {options.flip_prob}")
+    if options.noise_std < 0:
+        raise ConfigError(f"data.augment_options.noise_std: expected >= 0, got {options.noise_std}")
 
 
 def augmentation(names: list[str], options) -> Any:
@@ -121,9 +138,9 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
 
     start = time.perf_counter()
     check_before_data(cfg)  # the Trainer checks the shapes again on the images as loaded
-    train, test, unsup = load_data(cfg)
+    train, test, unsup, unsup_limit = load_data(cfg)
     trainer = Trainer(
-        cfg, train, test, unsup=unsup,
+        cfg, train, test, unsup=unsup, unsup_limit=unsup_limit,
         augment=augmentation(cfg.data.augment, cfg.data.augment_options),
         unsup_augment=augmentation(cfg.data.unsup_augment, cfg.data.augment_options),
         progress=cfg.logging.progress,
@@ -136,7 +153,7 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
         **results,
         "train_samples": train.num_examples,
         "test_samples": test.num_examples,
-        "unsup_samples": (unsup or train).num_examples,
+        "unsup_samples": trainer.n_unsup,
         "streamed": isinstance(train, StreamData),
         "jax_version": jax.__version__,
         "devices": [str(d) for d in jax.devices()],

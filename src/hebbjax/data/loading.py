@@ -103,18 +103,37 @@ def to_float(images: Any, normalization: str = "unit") -> Any:
     """uint8 -> float32 in [0, 1], then ImageNet mean/std if ``normalization == "imagenet"``.
 
     Works on numpy and jax arrays (dtype is static under ``jit``); float input
-    is returned as is.
+    is returned as is. A jax array is mapped through a table of the 256 values
+    computed by numpy, so the device gives bit for bit what the host gives (XLA
+    turns ``x / 255`` into ``x * (1 / 255)``, one rounding off): a dataset kept
+    as uint8 on the device feeds the network the same inputs as its float32 copy.
     """
     if images.dtype != np.uint8:
         return images
     if isinstance(images, np.ndarray):
-        xp: Any = np
-    else:
-        import jax.numpy as xp
-    out = images.astype(xp.float32) / xp.float32(255.0)
+        return _to_float_numpy(images, normalization)
+    import jax.numpy as jnp
+
+    table = jnp.asarray(_float_table(normalization))  # (256, 1) or (256, channels)
+    if table.shape[1] == 1:
+        return table[images.astype(jnp.int32), 0]
+    return table[images.astype(jnp.int32), jnp.arange(images.shape[-1])]
+
+
+def _to_float_numpy(images: np.ndarray, normalization: str) -> np.ndarray:
+    out = images.astype(np.float32) / np.float32(255.0)
     if normalization == "imagenet":
-        out = (out - xp.asarray(IMAGENET_MEAN, xp.float32)) / xp.asarray(IMAGENET_STD, xp.float32)
+        out = (out - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return out
+
+
+@functools.cache
+def _float_table(normalization: str) -> np.ndarray:
+    """``to_float`` of every uint8 value: (256, 1), or (256, 3) per ImageNet channel."""
+    values = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    if normalization == "imagenet":
+        values = np.repeat(values, len(IMAGENET_MEAN), axis=1)
+    return _to_float_numpy(values, normalization)
 
 
 def _to_float_chunked(images: np.ndarray, normalization: str) -> np.ndarray:

@@ -114,6 +114,40 @@ max_pool_views.defvjp(_max_pool_fwd, _max_pool_bwd)
 # ----------------------------------------------------------------------------------------------
 
 
+def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> Array:
+    """Independent Bernoulli(``keep_prob``) draws of ``shape``, exactly.
+
+    When ``keep_prob * 2**k`` is an integer for some k in {1, 2, 4, 8} (dropout 0.5, 0.25, 0.75
+    ...), each 32-bit random word gives 32 / k draws: field ``f`` of k bits is uniform on
+    [0, 2**k), and ``f < keep_prob * 2**k`` has probability ``keep_prob``. That is 32 / k times
+    fewer random bits than ``jax.random.bernoulli`` (one float per draw); on CPU the random bits
+    dominate a readout step (benchmarks/README.md). Other probabilities use ``bernoulli``.
+    """
+    for k in (1, 2, 4, 8):
+        threshold = keep_prob * 2**k
+        if threshold == int(threshold):
+            size = math.prod(shape)
+            words = jax.random.bits(key, (-(-size * k // 32),), jnp.uint32)
+            fields = (words[:, None] >> jnp.arange(0, 32, k, dtype=jnp.uint32)) & jnp.uint32(2**k - 1)
+            return (fields.reshape(-1)[:size] < jnp.uint32(threshold)).reshape(shape)
+    return jax.random.bernoulli(key, keep_prob, shape)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (as ``flax.linen.Dropout``: kept values scaled by ``1 / (1 - rate)``)
+    with masks from :func:`keep_mask`; draws from the ``dropout`` RNG stream."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = keep_mask(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
 def radius_init(radius: float, gaussian: bool) -> Callable:
     """SoftHebb's init (``train.check_dimension``, Lebesgue p = 2): every neuron's norm is about
     ``radius``. Gaussian ``N(0, (r / sqrt(n))^2)`` when the block normalises its input (BN), else

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from hebbjax.config import BlockConfig, parse_activation, parse_pool
 from hebbjax.nn.layers import (
+    Dropout,
     HebbianConv,
     HebbianDense,
     apply_activation,
@@ -73,7 +74,7 @@ class Block(nn.Module):
         elif c.input_norm == "standardize":
             x = standardize(x)
         if c.dropout > 0:
-            x = nn.Dropout(c.dropout, deterministic=not train)(x)
+            x = Dropout(c.dropout)(x, deterministic=not train)
         frozen = c.rule != "bp"  # only BP blocks receive gradients
         common = dict(use_bias=c.bias, log_weight=c.neuron == "log_weight", kernel_init=kernel_init(c), frozen=frozen, name="layer")
         if c.layer == "conv":
@@ -114,7 +115,7 @@ class Classifier(nn.Module):
     def __call__(self, features: Array, train: bool = False) -> Array:
         x = features.reshape(features.shape[0], -1)
         if self.dropout > 0:
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]))(x)
 
 

@@ -59,7 +59,9 @@ class Trainer:
 
     ``train`` / ``test``: :class:`ArrayData` (on the device) or :class:`StreamData` (from the host).
     ``unsup``: the images of the unsupervised phase when they are not ``train`` (STL-10's
-    unlabelled split); its labels are not read.
+    unlabelled split); its labels are not read. ``unsup_limit``: that phase reads only the first
+    N of them (in device memory no copy is made; a stream is limited when opened instead,
+    ``StreamData.from_stream(limit=...)``).
     ``augment``: optional ``fn(key, images) -> images`` applied per batch on the device in the
     supervised phases (readout / BP); with it, the readout cannot use cached features.
     ``unsup_augment``: the same for the unsupervised phase (ImageNet: resized crop and flip).
@@ -72,6 +74,7 @@ class Trainer:
         test: Source,
         *,
         unsup: Source | None = None,
+        unsup_limit: int | None = None,
         augment: Callable | None = None,
         unsup_augment: Callable | None = None,
         mesh=None,
@@ -106,6 +109,17 @@ class Trainer:
         self.unsup_data = self.train_data if unsup is None else self._place(unsup)
         self.normalization, self.unsup_normalization = train.normalization, unsup_source.normalization
         self.n_train, self.n_unsup = train.num_examples, unsup_source.num_examples
+        if unsup_limit is not None:
+            if isinstance(unsup_source, StreamData):
+                raise ValueError("unsup_limit: limit a streamed split when opening it (StreamData.from_stream(limit=...))")
+            if unsup_limit < 1:
+                raise ValueError(f"unsup_limit: expected a positive number of images, got {unsup_limit}")
+            self.n_unsup = min(self.n_unsup, unsup_limit)
+        has_unsup_phase = t.method == "hebbian" and t.mode != "simultaneous"
+        for key, batch, n, source in (("training.unsup_batch_size", t.unsup_batch_size, self.n_unsup, "unsupervised"),
+                                      ("training.readout_batch_size", t.readout_batch_size, self.n_train, "training")):
+            if batch > n and (has_unsup_phase or source == "training"):
+                raise ValueError(f"{key}: {batch} is larger than the {source} set ({n} images; see data.limit_train / data.limit_unsup)")
         self.timings: dict[str, float] = {"unsupervised": 0.0, "feature_extraction": 0.0, "readout": 0.0}
         self.unsup_images = 0
         # RBG keys: same statistical quality for init/shuffling/dropout, and XLA compiles them in
@@ -154,17 +168,18 @@ class Trainer:
         return self._cache[key]
 
     def _run_epochs(self, step: Callable, carry: dict, data: dict, batch_size: int, epochs: int, desc: str,
-                    check_finite: bool = False, cache_key: tuple | None = None) -> dict:
+                    check_finite: bool = False, cache_key: tuple | None = None, rows: int | None = None) -> dict:
+        """``epochs`` shuffled passes of ``step`` over the device-resident ``data`` (its first
+        ``rows`` rows, default all), in jit-compiled chunks of ``training.steps_per_chunk`` steps."""
         make = lambda: scan_chunk(step, self.mesh, donate=False)
         run = make() if cache_key is None else self._compiled(cache_key, make)
         # Once, not per chunk call: features come out of map_batches sharded over the devices,
         # and jit would all-gather them on every call.
         data = replicate(data, self.mesh)
-        n = jax.tree_util.tree_leaves(data)[0].shape[0]
+        n = jax.tree_util.tree_leaves(data)[0].shape[0] if rows is None else rows
+        steps_per_epoch, bar = self._epoch_setup(n, batch_size, epochs, desc)
         self.key, k_epochs = jax.random.split(self.key)
         idx, valid = epoch_indices(k_epochs, n, batch_size, epochs, self.cfg.training.steps_per_chunk)
-        steps_per_epoch = n // batch_size
-        bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not self.progress, leave=False, mininterval=1.0)
         with bar:
             for c in range(idx.shape[0]):
                 new, metrics = run(carry, data, idx[c], valid[c])
@@ -175,35 +190,42 @@ class Trainer:
     def _run_stream_epochs(self, step: Callable, carry: dict, source: StreamData, batch_size: int, epochs: int, desc: str,
                            check_finite: bool = False, cache_key: tuple | None = None) -> dict:
         """:meth:`_run_epochs` for a split streamed from the host: chunks of batches are stacked on
-        the host and copied to the device(s) one chunk ahead, while the previous chunk computes."""
+        the host; chunk c+1 is copied to the device(s) while chunk c computes, and the loop waits
+        for chunk c before reading c+2 (at most two chunks in device memory)."""
         make = lambda: scan_batches(step, self.mesh)
         run = make() if cache_key is None else self._compiled(("stream", *cache_key), make)
+        steps_per_epoch, bar = self._epoch_setup(source.num_examples, batch_size, epochs, desc)
         self.key, k_order = jax.random.split(self.key)
         seed = int(jax.random.bits(k_order, dtype=jnp.uint32))  # the stream's shuffling order
-        steps_per_epoch = source.num_examples // batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(f"batch size {batch_size} is larger than the dataset ({source.num_examples} samples)")
         stream = source.open(batch_size, epochs=epochs, seed=seed, shuffle=True, drop_remainder=True)
-        bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not self.progress, leave=False, mininterval=1.0)
-        try:
-            batches = iter(stream)
-            first = next(batches, None)
-            if first is None:  # zero epochs
-                return carry
-            steps = chunk_steps(batch_size, source.image_shape, first[0].dtype.itemsize, self.cfg.training.steps_per_chunk)
-            host_chunks = chunks(itertools.chain([first], batches), steps)
-            put = lambda item: None if item is None else (put_batches(item[0], self.mesh), item[1])
-            ahead, done = put(next(host_chunks, None)), 0
-            with bar:
+        with bar:
+            try:
+                batches = iter(stream)
+                first = next(batches, None)
+                if first is None:  # zero epochs
+                    return carry
+                steps = chunk_steps(batch_size, source.image_shape, first[0].dtype.itemsize, self.cfg.training.steps_per_chunk)
+                host_chunks = chunks(itertools.chain([first], batches), steps)
+                put = lambda item: None if item is None else (put_batches(item[0], self.mesh), item[1])
+                ahead, done = put(next(host_chunks, None)), 0
                 while ahead is not None:
                     new, metrics = run(carry, *ahead)  # dispatched; runs while the next chunk is read
                     valid = ahead[1]
                     ahead = put(next(host_chunks, None))
+                    jax.block_until_ready(metrics)  # bound what is in flight (host reads may outpace the device)
                     self._check_chunk(bar, carry, metrics, valid, done, steps_per_epoch, desc, check_finite)
                     carry, done = new, done + steps
-        finally:
-            close(stream)
+            finally:
+                close(stream)
         return carry
+
+    def _epoch_setup(self, n: int, batch_size: int, epochs: int, desc: str) -> tuple[int, tqdm]:
+        """Steps per epoch (drop-last) and the phase's progress bar."""
+        steps_per_epoch = n // batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"{desc}: batch size {batch_size} is larger than the dataset ({n} samples)")
+        bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", disable=not self.progress, leave=False, mininterval=1.0)
+        return steps_per_epoch, bar
 
     def _check_chunk(self, bar, carry: dict, metrics: dict, valid, step_no: int, steps_per_epoch: int, desc: str, check_finite: bool) -> None:
         """After a chunk: stop with the last finite state on a NaN/inf Hebbian update; progress."""
@@ -237,7 +259,7 @@ class Trainer:
         transforms = {i: plasticity.make_transform(self.blocks[i], steps, self.masks.get(i)) for i in plastic}
         carry = dict(self.state)
         carry["opt"] = {i: transforms[i].init(carry["params"][f"block_{i}"]["layer"]) for i in plastic}
-        carry["key"] = self.key
+        self.key, carry["key"] = jax.random.split(self.key)
         model, blocks, augment, normalization = self.model, self.blocks, self.unsup_augment, self.unsup_normalization
 
         def step(c, batch):
@@ -260,8 +282,11 @@ class Trainer:
 
         data = self.unsup_data if isinstance(self.unsup_data, StreamData) else {"image": self.unsup_data["image"]}
         start = time.perf_counter()
-        carry = self._epochs(data)(step, carry, data, t.unsup_batch_size, epochs,
-                                   f"hebbian blocks {list(plastic)}", check_finite=True, cache_key=("hebbian", plastic, steps))
+        desc = f"hebbian blocks {list(plastic)}"
+        if isinstance(data, StreamData):
+            carry = self._run_stream_epochs(step, carry, data, t.unsup_batch_size, epochs, desc, True, ("hebbian", plastic, steps))
+        else:
+            carry = self._run_epochs(step, carry, data, t.unsup_batch_size, epochs, desc, True, ("hebbian", plastic, steps), rows=self.n_unsup)
         jax.block_until_ready(carry["params"])
         self.timings["unsupervised"] += time.perf_counter() - start
         self.unsup_images += epochs * (self.n_unsup // t.unsup_batch_size) * t.unsup_batch_size
@@ -285,7 +310,8 @@ class Trainer:
         clf = Classifier(self.num_classes, self.cfg.model.classifier_dropout)
         tx = self._readout_tx()
         params = self.state["params"]["classifier"]
-        carry = {"params": params, "opt": tx.init(params), "key": self.key}
+        self.key, k_carry = jax.random.split(self.key)
+        carry = {"params": params, "opt": tx.init(params), "key": k_carry}
 
         def step(c, batch):
             key, k_drop = jax.random.split(c["key"])
@@ -324,7 +350,7 @@ class Trainer:
         carry = dict(self.state)
         carry["opt"] = {i: transforms[i].init(carry["params"][f"block_{i}"]["layer"]) for i in hebbian}
         carry["sup_opt"] = tx.init(carry["params"])
-        carry["key"] = self.key
+        self.key, carry["key"] = jax.random.split(self.key)
         model, blocks, augment, normalization = self.model, self.blocks, self.augment, self.normalization
 
         def step(c, batch):
@@ -378,7 +404,7 @@ class Trainer:
         """(predicted classes, labels) of one ordered pass over a streamed split; each batch is
         copied to the device(s) while the previous one is evaluated."""
         batch_size = self.cfg.training.eval_batch_size
-        variables, outputs = self.variables(), []
+        outputs: list[tuple[jax.Array, np.ndarray, int]] = []
         stream = source.open(batch_size, epochs=1, seed=0, shuffle=False, drop_remainder=False)
         try:
             for images, labels in stream:
@@ -386,6 +412,8 @@ class Trainer:
                 if n < batch_size:  # one shape, one compiled program; the padding is cut below
                     images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
                 outputs.append((self.predict(put_batches(images, self.mesh, axis=0)), labels, n))
+                if len(outputs) > 2:  # at most two batches in flight
+                    jax.block_until_ready(outputs[-3][0])
         finally:
             close(stream)
         pred = np.concatenate([np.asarray(p)[:n] for p, _, n in outputs])
