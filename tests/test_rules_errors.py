@@ -116,6 +116,8 @@ def test_rules_reject_bad_modulation_activations_and_hyperparameters():
         sparse_topk(W, acts, SparseTopKState(np.zeros(3, np.float32)))
     with pytest.raises(ValueError, match="^received: "):
         dopamine_from_table(np.asarray([0, 1, 1]), np.asarray([1, 0]))
+    with pytest.raises(ValueError, match=r"^predicted: expected a vector.*got shape \(2, 2\)"):
+        dopamine_from_table(np.zeros((2, 2)), np.zeros((2, 2)))
 
 
 def test_under_jit_a_nan_input_gives_a_non_finite_update():

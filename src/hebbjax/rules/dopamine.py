@@ -36,7 +36,9 @@ def reward_prediction_error(predicted: Array, received: Array) -> Array:
 def dopamine_from_table(predicted: Array, received: Array, table: DopamineTable = DopamineTable()) -> Array:
     """Per-sample dopamine ``d_b = table[predicted_b, received_b]`` (predicted/received are 0/1 or bool)."""
     predicted, received = jnp.asarray(predicted), jnp.asarray(received)
-    if predicted.ndim != 1 or predicted.shape != received.shape:
+    if predicted.ndim != 1:
+        raise _shape_error("predicted", "a vector, one entry per sample", predicted)
+    if predicted.shape != received.shape:
         raise _shape_error("received", f"a vector shaped like predicted {predicted.shape}, one entry per sample", received)
     p, r = predicted.astype(bool), received.astype(bool)
     values = jnp.asarray([[table.no_reward, table.unpredicted_reward], [table.omitted_reward, table.predicted_reward]], jnp.float32)

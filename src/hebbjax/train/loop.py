@@ -305,7 +305,9 @@ class Trainer:
         return run(self.variables(), images)
 
     def train_readout_on_features(self, feats: jax.Array, labels: jax.Array) -> None:
-        """Linear classifier on cached features: Adam, cross-entropy, dropout, halving schedule."""
+        """Linear classifier on cached features: Adam, cross-entropy, dropout, halving schedule.
+        ``feats`` may have more rows than ``labels`` (train then test features): only the first
+        ``len(labels)`` are read, so the train part is never copied out."""
         t = self.cfg.training
         clf = Classifier(self.num_classes, self.cfg.model.classifier_dropout)
         tx = self._readout_tx()
@@ -326,7 +328,8 @@ class Trainer:
             updates, opt = tx.update(grads, c["opt"], c["params"])
             return {"params": optax.apply_updates(c["params"], updates), "opt": opt, "key": key}, {"loss": jax.lax.pmean(loss, AXIS)}
 
-        carry = self._run_epochs(step, carry, {"x": feats, "y": labels}, t.readout_batch_size, t.readout_epochs, "readout", cache_key=("readout",))
+        carry = self._run_epochs(step, carry, {"x": feats, "y": labels}, t.readout_batch_size, t.readout_epochs, "readout",
+                                 cache_key=("readout",), rows=int(labels.shape[0]))
         params = dict(self.state["params"])
         params["classifier"] = carry["params"]
         self.state = {**self.state, "params": params}
@@ -449,7 +452,7 @@ class Trainer:
                 feats = jax.block_until_ready(self.features(images))
                 self.timings["feature_extraction"] += time.perf_counter() - s
                 s = time.perf_counter()
-                self.train_readout_on_features(feats[: self.n_train], self.train_data["label"])
+                self.train_readout_on_features(feats, self.train_data["label"])
                 self.timings["readout"] += time.perf_counter() - s
                 cached = feats
             else:

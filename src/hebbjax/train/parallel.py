@@ -5,8 +5,10 @@ function runs per device on its shard and reduces explicitly (``lax.psum`` of He
 ``lax.pmean`` of gradients and BatchNorm statistics) *before* any non-linear post-processing, so
 the result equals single-device training on the same global batch.
 
-Many steps run inside one jit call (``lax.scan`` over a chunk of batches gathered on the device
-from the device-resident dataset), so Python is not the bottleneck at SoftHebb's batch of 10.
+Many steps run inside one jit call (``lax.scan`` over a chunk of batches, gathered on the device
+from the device-resident dataset by :func:`scan_chunk`, or stacked on the host and copied ahead
+for a streamed one by :func:`scan_batches`), so Python is not the bottleneck at SoftHebb's batch
+of 10.
 """
 
 from __future__ import annotations
