@@ -41,13 +41,7 @@ SCRIPT = textwrap.dedent(
     ]
     cfg = Config(model=ModelConfig(blocks=blocks), training=TrainingConfig(
         mode="consecutive", unsup_batch_size=8, readout_batch_size=8, eval_batch_size=8, readout_epochs=1, steps_per_chunk=3))
-    def open_(batch_size, *, epochs, seed, shuffle, drop_remainder):  # host batches, seeded order
-        for epoch in range(epochs):
-            order = np.random.default_rng([seed, epoch]).permutation(64)
-            for s in range(0, 64 - batch_size + 1, batch_size):
-                yield images[order[s:s + batch_size]], labels[order[s:s + batch_size]]
-
-    streamed = StreamData(open_, 64, images.shape[1:], 4)
+    streamed = StreamData.from_arrays(data)  # host batches in a seeded order
     out, feats, out_stream = {}, {}, {}
     odd = jnp.asarray(images[:22], jnp.asarray(1.0).dtype)  # 22 rows: not a multiple of the devices nor of the batch
     for n in (1, 4):

@@ -42,31 +42,26 @@ def _cfg(batch: int = N, **training) -> Config:
 
 
 class HostStream:
-    """A StreamData opener over host arrays, shuffled by its own numpy RNG (like hebbjax.data.stream)."""
+    """``StreamData.from_arrays`` with a record of what was opened, yielded and closed."""
 
     def __init__(self, data: ArrayData) -> None:
         self.data, self.opened, self.closed, self.seen = data, [], 0, []
 
     def open(self, batch_size: int, *, epochs: int, seed: int, shuffle: bool, drop_remainder: bool):
         self.opened.append(dict(batch_size=batch_size, epochs=epochs, shuffle=shuffle, drop_remainder=drop_remainder))
-        n = len(self.data.labels)
+        inner = StreamData.from_arrays(self.data).open(batch_size, epochs=epochs, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder)
         outer = self
 
-        class It:
+        class Recording:
             def __iter__(self):
-                for epoch in range(epochs):
-                    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-                    for start in range(0, n, batch_size):
-                        index = order[start : start + batch_size]
-                        if len(index) < batch_size and drop_remainder:
-                            break
-                        outer.seen.append(outer.data.images[index])
-                        yield outer.data.images[index], outer.data.labels[index]
+                for images, labels in inner:
+                    outer.seen.append(images)
+                    yield images, labels
 
             def close(self):
                 outer.closed += 1
 
-        return It()
+        return Recording()
 
     def source(self) -> StreamData:
         d = self.data

@@ -167,10 +167,13 @@ class Trainer:
             self._cache[key] = make()
         return self._cache[key]
 
-    def _run_epochs(self, step: Callable, carry: dict, data: dict, batch_size: int, epochs: int, desc: str,
+    def _run_epochs(self, step: Callable, carry: dict, data: dict | StreamData, batch_size: int, epochs: int, desc: str,
                     check_finite: bool = False, cache_key: tuple | None = None, rows: int | None = None) -> dict:
         """``epochs`` shuffled passes of ``step`` over the device-resident ``data`` (its first
-        ``rows`` rows, default all), in jit-compiled chunks of ``training.steps_per_chunk`` steps."""
+        ``rows`` rows, default all), in jit-compiled chunks of ``training.steps_per_chunk`` steps;
+        a :class:`StreamData` goes to :meth:`_run_stream_epochs` (a stream is never limited here)."""
+        if isinstance(data, StreamData):
+            return self._run_stream_epochs(step, carry, data, batch_size, epochs, desc, check_finite, cache_key)
         make = lambda: scan_chunk(step, self.mesh, donate=False)
         run = make() if cache_key is None else self._compiled(cache_key, make)
         # Once, not per chunk call: features come out of map_batches sharded over the devices,
@@ -244,9 +247,6 @@ class Trainer:
         """Whether train or test is read from the host (then the readout recomputes features)."""
         return isinstance(self.train_data, StreamData) or isinstance(self.test_data, StreamData)
 
-    def _epochs(self, data: dict | StreamData) -> Callable:
-        return self._run_stream_epochs if isinstance(data, StreamData) else self._run_epochs
-
     # ------------------------------------------------------------------ unsupervised phase
     def train_hebbian(self, plastic: Sequence[int], epochs: int) -> None:
         """Unsupervised epochs updating ``plastic`` blocks together, one update per mini-batch."""
@@ -282,11 +282,8 @@ class Trainer:
 
         data = self.unsup_data if isinstance(self.unsup_data, StreamData) else {"image": self.unsup_data["image"]}
         start = time.perf_counter()
-        desc = f"hebbian blocks {list(plastic)}"
-        if isinstance(data, StreamData):
-            carry = self._run_stream_epochs(step, carry, data, t.unsup_batch_size, epochs, desc, True, ("hebbian", plastic, steps))
-        else:
-            carry = self._run_epochs(step, carry, data, t.unsup_batch_size, epochs, desc, True, ("hebbian", plastic, steps), rows=self.n_unsup)
+        carry = self._run_epochs(step, carry, data, t.unsup_batch_size, epochs, f"hebbian blocks {list(plastic)}",
+                                 check_finite=True, cache_key=("hebbian", plastic, steps), rows=self.n_unsup)
         jax.block_until_ready(carry["params"])
         self.timings["unsupervised"] += time.perf_counter() - start
         self.unsup_images += epochs * (self.n_unsup // t.unsup_batch_size) * t.unsup_batch_size
@@ -382,8 +379,8 @@ class Trainer:
             return new, {"loss": jax.lax.pmean(loss, AXIS), "finite": finite}
 
         start = time.perf_counter()
-        carry = self._epochs(self.train_data)(step, carry, self.train_data, t.readout_batch_size, t.readout_epochs, "supervised",
-                                              check_finite=bool(hebbian), cache_key=("supervised", hebbian, steps))
+        carry = self._run_epochs(step, carry, self.train_data, t.readout_batch_size, t.readout_epochs, "supervised",
+                                 check_finite=bool(hebbian), cache_key=("supervised", hebbian, steps))
         jax.block_until_ready(carry["params"])
         self.timings["readout"] += time.perf_counter() - start
         self.state = {k: carry[k] for k in self.state}

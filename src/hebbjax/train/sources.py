@@ -62,6 +62,23 @@ class StreamData:
     normalization: str = "unit"
 
     @classmethod
+    def from_arrays(cls, data: ArrayData) -> StreamData:
+        """Host arrays read batch by batch (a dataset of your own too large for device memory):
+        each epoch in a fresh order drawn from ``(seed, epoch)``, as :func:`hebbjax.data.stream`."""
+        n = data.num_examples
+
+        def open_(batch_size: int, *, epochs: int, seed: int, shuffle: bool, drop_remainder: bool):
+            for epoch in range(epochs):
+                order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+                for start in range(0, n, batch_size):
+                    index = order[start : start + batch_size]
+                    if len(index) < batch_size and drop_remainder:
+                        break
+                    yield data.images[index], data.labels[index]
+
+        return cls(open_, n, data.image_shape, data.num_classes, data.normalization)
+
+    @classmethod
     def from_stream(cls, name: str, split: str, **stream_kwargs) -> StreamData:
         """A named dataset split read with :func:`hebbjax.data.stream` as uint8 (``stream_kwargs``:
         ``data_dir``, ``validation``, ``seed`` of the validation split, ...). Prepares it first."""
