@@ -1,4 +1,4 @@
-"""Loading from small archives in the original formats (written by hebbjax.data.synthetic).
+"""Loading from small archives in the original formats (written by hebbjax.testing).
 
 CIFAR-10/100, STL-10, ImageNette and ImageNet cannot be downloaded here, so these
 tests generate archives byte-compatible with the originals, prepare them offline
@@ -34,11 +34,11 @@ from hebbjax.data import (
     load,
     prepare,
     stream,
-    synthetic,
     validation_split,
 )
 from hebbjax.data.loading import BatchStream
 from hebbjax.data.registry import get_spec
+from hebbjax import testing
 
 IMAGENETTE_WNIDS = Path(tfds.core.tfds_path("image_classification/imagenette_labels.txt")).read_text().split()
 IMAGENET_WNIDS = Path(tfds.core.tfds_path("datasets/imagenet2012/labels.txt")).read_text().split()
@@ -84,14 +84,14 @@ def synth(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("archives")
     tfds_dir = tmp_path_factory.mktemp("tfds")
     arrays = {
-        "mnist": synthetic.write_mnist(root / "mnist", n_train=60, n_test=20),
-        "cifar10": synthetic.write_cifar_python(root / "cifar10", 10, n_train=50, n_test=20),
-        "cifar100": synthetic.write_cifar_python(root / "cifar100", 100, n_train=40, n_test=20),
-        "stl10": synthetic.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20),
-        "imagenette": synthetic.write_imagenette(root / "imagenette", IMAGENETTE_WNIDS[:3], per_class=2, n_val=1),
-        "imagenet2012": synthetic.write_imagenet(root / "imagenet2012", IMAGENET_WNIDS[:3], per_class=2, n_val=4),
+        "mnist": testing.write_mnist(root / "mnist", n_train=60, n_test=20),
+        "cifar10": testing.write_cifar_python(root / "cifar10", 10, n_train=50, n_test=20),
+        "cifar100": testing.write_cifar_python(root / "cifar100", 100, n_train=40, n_test=20),
+        "stl10": testing.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20),
+        "imagenette": testing.write_imagenette(root / "imagenette", IMAGENETTE_WNIDS[:3], per_class=2, n_val=1),
+        "imagenet2012": testing.write_imagenet(root / "imagenet2012", IMAGENET_WNIDS[:3], per_class=2, n_val=4),
     }
-    sums = {n: synthetic.checksums(sorted((root / n).iterdir())) for n in arrays}
+    sums = {n: testing.checksums(sorted((root / n).iterdir())) for n in arrays}
     with no_network() as attempts:
         for name in arrays:
             prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=sums[name])
@@ -130,13 +130,13 @@ def test_float_images_are_uint8_over_255_and_cached_equal(synth):
 
 
 def test_cifar100_binary_archive_gives_the_same_fine_labels(tmp_path):
-    written = synthetic.write_cifar_binary(tmp_path / "src" / "cifar100", 100, n_train=30, n_test=10, seed=3)
+    written = testing.write_cifar_binary(tmp_path / "src" / "cifar100", 100, n_train=30, n_test=10, seed=3)
     ds = load(
         "cifar100",
         "test",
         data_dir=tmp_path / "src",
         tfds_dir=tmp_path / "tfds",
-        file_checksums=synthetic.checksums((tmp_path / "src" / "cifar100").iterdir()),
+        file_checksums=testing.checksums((tmp_path / "src" / "cifar100").iterdir()),
         dtype="uint8",
     )
     assert rows(ds.images, ds.labels) == rows(written["test"]["image"], written["test"]["label"])
@@ -218,7 +218,7 @@ def test_imagenet_streams_train_and_validation_with_tfds_labels(synth):
 
 
 def test_imagenet_split_whose_tar_was_missing_is_reported(tmp_path):
-    written = synthetic.write_imagenet(tmp_path / "src" / "imagenet2012", IMAGENET_WNIDS[:2], per_class=1, n_val=2)
+    written = testing.write_imagenet(tmp_path / "src" / "imagenet2012", IMAGENET_WNIDS[:2], per_class=1, n_val=2)
     (tmp_path / "src" / "imagenet2012" / "ILSVRC2012_img_train.tar").unlink()  # as tfds: prepare what exists
     kw = dict(data_dir=tmp_path / "src", tfds_dir=tmp_path / "tfds", verify_checksums=False)
     assert len(list(stream("imagenet2012", "test", 2, **kw))) == 1
@@ -335,19 +335,8 @@ def test_stream_forwards_producer_errors():
     def broken(index, pool):
         raise ArchiveFormatError("record 3 is corrupt")
 
-    s = BatchStream(
-        spec,
-        broken,
-        np.arange(10),
-        2,
-        seed=0,
-        epochs=1,
-        shuffle=False,
-        drop_remainder=True,
-        prefetch=2,
-        out_dtype=np.dtype(np.float32),
-        num_threads=1,
-    )
+    s = BatchStream(spec, broken, iter([np.arange(2)]), 10, 2, drop_remainder=True, prefetch=2,
+                    out_dtype=np.dtype(np.float32), num_threads=1)
     with pytest.raises(ArchiveFormatError, match="record 3"):
         next(s)
 
@@ -394,7 +383,7 @@ def _fail_fast(exc, match, fn, probes: bool = False):
 
 
 def test_missing_file_names_path_size_and_sha256(tmp_path):
-    synthetic.write_mnist(tmp_path / "fashion_mnist")
+    testing.write_mnist(tmp_path / "fashion_mnist")
     (tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     expected = tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz"
     _fail_fast(
@@ -406,7 +395,7 @@ def test_missing_file_names_path_size_and_sha256(tmp_path):
 
 
 def test_wrong_checksum_names_file_and_expected_values(tmp_path):
-    synthetic.write_mnist(tmp_path / "mnist")
+    testing.write_mnist(tmp_path / "mnist")
     # Registered checksums (the default) reject the synthetic files: size first.
     _fail_fast(
         ChecksumError,
@@ -414,7 +403,7 @@ def test_wrong_checksum_names_file_and_expected_values(tmp_path):
         lambda: prepare("mnist", data_dir=tmp_path, tfds_dir=tmp_path / "tfds"),
     )
     # Same size, different content: the SHA-256 check.
-    sums = synthetic.checksums((tmp_path / "mnist").iterdir())
+    sums = testing.checksums((tmp_path / "mnist").iterdir())
     size, _ = sums["t10k-labels-idx1-ubyte.gz"]
     sums["t10k-labels-idx1-ubyte.gz"] = (size, "0" * 64)
     _fail_fast(
@@ -426,7 +415,7 @@ def test_wrong_checksum_names_file_and_expected_values(tmp_path):
 
 
 def test_truncated_gzip_is_a_format_error_and_leaves_nothing(tmp_path):
-    synthetic.write_mnist(tmp_path / "mnist", n_train=500)
+    testing.write_mnist(tmp_path / "mnist", n_train=500)
     path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-200])
     _fail_fast(
@@ -437,7 +426,7 @@ def test_truncated_gzip_is_a_format_error_and_leaves_nothing(tmp_path):
     assert _leftovers(tmp_path / "tfds") == []
     # A complete gzip whose IDX payload is short is caught by the header check.
     labels = tmp_path / "mnist" / "train-labels-idx1-ubyte.gz"
-    path.write_bytes(gzip.compress(synthetic.idx_bytes(np.zeros((500, 28, 28), np.uint8))[:-28]))
+    path.write_bytes(gzip.compress(testing.idx_bytes(np.zeros((500, 28, 28), np.uint8))[:-28]))
     _fail_fast(
         ArchiveFormatError,
         "header announces shape",
@@ -447,9 +436,9 @@ def test_truncated_gzip_is_a_format_error_and_leaves_nothing(tmp_path):
 
 
 def test_truncated_tar_is_caught_by_checksum_or_format(tmp_path):
-    synthetic.write_cifar_python(tmp_path / "cifar10", 10, n_train=200, n_test=20)
+    testing.write_cifar_python(tmp_path / "cifar10", 10, n_train=200, n_test=20)
     path = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
-    sums = synthetic.checksums([path])
+    sums = testing.checksums([path])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     _fail_fast(
         ChecksumError,
@@ -501,7 +490,7 @@ def test_offline_without_archives_fails_fast_with_instructions(tmp_path):
 
 
 def test_environment_variable_locates_archives_and_default_tfds_dir(tmp_path, monkeypatch):
-    written = synthetic.write_mnist(tmp_path / "mnist", n_train=10, n_test=10)
+    written = testing.write_mnist(tmp_path / "mnist", n_train=10, n_test=10)
     monkeypatch.setenv("HEBBJAX_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("HEBBJAX_TFDS_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # so ~/.cache/hebbjax holds nothing of the developer's
@@ -515,7 +504,7 @@ def test_environment_variable_locates_archives_and_default_tfds_dir(tmp_path, mo
 
 def test_read_only_data_folder_is_left_untouched(tmp_path, monkeypatch):
     root = tmp_path / "readonly"
-    synthetic.write_mnist(root / "mnist", n_train=10, n_test=10)
+    testing.write_mnist(root / "mnist", n_train=10, n_test=10)
     root.chmod(0o555)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HEBBJAX_TFDS_DIR", raising=False)
@@ -530,7 +519,7 @@ def test_read_only_data_folder_is_left_untouched(tmp_path, monkeypatch):
 def test_online_path_downloads_through_tfds_then_reads_without_tensorflow(tmp_path, monkeypatch):
     """Simulates the network: tfds' download manager hands over local copies."""
     src = tmp_path / "server"
-    written = synthetic.write_cifar_binary(src, 10, n_train=10, n_test=10)
+    written = testing.write_cifar_binary(src, 10, n_train=10, n_test=10)
     requested = []
 
     def fake_download(self, url_or_urls):

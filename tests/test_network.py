@@ -13,9 +13,14 @@ import pytest
 
 from hebbjax import rules
 from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig, check_blocks
-from hebbjax.nn import build_network, pool2d, triangle
+from hebbjax.data import Dataset
+from hebbjax.nn import pool2d, triangle
 from hebbjax.nn.layers import HebbianConv, max_pool_views
-from hebbjax.train import ArrayData, Trainer, halving_schedule
+from hebbjax.train import Data, Hebbian, NonFiniteUpdate, build, evaluate, fit, halving_schedule, init_state, run_phase, setup
+
+
+def build_network(blocks, num_classes):
+    return build.network(ModelConfig(blocks=list(blocks)), num_classes)
 
 
 def test_triangle_is_centered_relu_power():
@@ -104,7 +109,7 @@ def test_radius_init_gives_neuron_norms_near_radius():
 
 def _data(n=40, size=8, classes=3, seed=0):
     rng = np.random.default_rng(seed)
-    return ArrayData(rng.uniform(size=(n, size, size, 1)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32), classes)
+    return Dataset(rng.uniform(size=(n, size, size, 1)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32), classes)
 
 
 def _cfg(**training):
@@ -118,10 +123,11 @@ def _cfg(**training):
 
 
 def test_one_network_step_equals_the_rule_pipeline_by_hand():
-    """Trainer's Hebbian step == BN(batch stats) -> observe -> softhebb -> max-abs -> norm lr -> apply."""
+    """A Hebbian step == BN(batch stats) -> observe -> softhebb -> max-abs -> norm lr -> apply."""
     data = _data(n=4)
-    trainer = Trainer(_cfg(readout_batch_size=4), data, data, progress=False)
-    w0 = trainer.state["params"]["block_0"]["layer"]["kernel"]
+    ctx = setup(_cfg(readout_batch_size=4), Data(data, data), progress=False)
+    state = init_state(ctx)
+    w0 = state.params["block_0"]["layer"]["kernel"]
     x = jnp.asarray(data.images)
     xn = (x - x.mean((0, 1, 2))) / jnp.sqrt(x.var((0, 1, 2)) + 1e-5)
     lin = rules.Conv(padding=1, padding_mode="reflect")
@@ -129,53 +135,52 @@ def test_one_network_step_equals_the_rule_pipeline_by_hand():
     tx = optax.chain(rules.scale_by_max_abs(), rules.scale_by_norm_dependent_lr(0.05, 0.5))
     upd, _ = tx.update(dw, tx.init({"kernel": w0}), {"kernel": w0})
     expected = w0 + upd["kernel"]
-    trainer.train_hebbian([0], epochs=1)  # 4 samples, batch 4: exactly one step
-    np.testing.assert_allclose(trainer.state["params"]["block_0"]["layer"]["kernel"], expected, rtol=2e-4, atol=2e-5)
+    assert ctx.phases[0] == Hebbian((0,))  # successive: block 0 alone first
+    state = run_phase(ctx, 0, state)  # 4 samples, batch 4, 1 epoch: exactly one step
+    assert (int(state.phase), int(state.step), int(state.epoch)) == (0, 1, 1)
+    np.testing.assert_allclose(state.params["block_0"]["layer"]["kernel"], expected, rtol=2e-4, atol=2e-5)
 
 
 def test_successive_training_only_changes_the_block_being_trained():
     data = _data()
-    trainer = Trainer(_cfg(), data, data, progress=False)
-    before = jax.tree_util.tree_map(np.asarray, trainer.state["params"])
-    trainer.train_hebbian([0], epochs=1)
-    after = trainer.state["params"]
-    assert np.max(np.abs(after["block_0"]["layer"]["kernel"] - before["block_0"]["layer"]["kernel"])) > 1e-3
-    np.testing.assert_array_equal(after["block_1"]["layer"]["kernel"], before["block_1"]["layer"]["kernel"])
-    np.testing.assert_array_equal(trainer.state["batch_stats"]["block_1"]["input_norm"]["mean"], 0.0)
+    ctx = setup(_cfg(), Data(data, data), progress=False)
+    before = init_state(ctx)
+    after = run_phase(ctx, 0, before).params
+    assert np.max(np.abs(after["block_0"]["layer"]["kernel"] - before.params["block_0"]["layer"]["kernel"])) > 1e-3
+    np.testing.assert_array_equal(after["block_1"]["layer"]["kernel"], before.params["block_1"]["layer"]["kernel"])
+    np.testing.assert_array_equal(run_phase(ctx, 0, before).batch_stats["block_1"]["input_norm"]["mean"], 0.0)
 
 
 def test_readout_never_recomputes_the_block_stack(monkeypatch):
     """Without augmentation the conv stack runs exactly once over train+test (cached features)."""
     data = _data()
-    trainer = Trainer(_cfg(readout_epochs=3), data, data, progress=False)
     calls = []
-    original = trainer.features
-    monkeypatch.setattr(trainer, "features", lambda images: calls.append(images.shape[0]) or original(images))
-    result = trainer.fit()
+    original = evaluate.features
+    monkeypatch.setattr(evaluate, "features", lambda model, variables, source, **kw: calls.append(source.num_examples) or original(model, variables, source, **kw))
+    result, _ = fit(_cfg(readout_epochs=3), Data(data, data), progress=False)
     assert calls == [2 * data.images.shape[0]]
     assert 0.0 <= result["test_accuracy"] <= 1.0
 
 
 def test_random_baseline_leaves_blocks_untrained_and_bp_trains_them():
     data = _data()
-    rand = Trainer(_cfg(method="random"), data, data, progress=False)
-    k0 = np.asarray(rand.state["params"]["block_0"]["layer"]["kernel"])
-    rand.fit()
-    np.testing.assert_array_equal(rand.state["params"]["block_0"]["layer"]["kernel"], k0)
-    bp = Trainer(_cfg(method="bp"), data, data, progress=False)
-    k0 = np.asarray(bp.state["params"]["block_0"]["layer"]["kernel"])
-    bp.fit()
-    assert np.max(np.abs(bp.state["params"]["block_0"]["layer"]["kernel"] - k0)) > 1e-4
+    k0 = np.asarray(init_state(setup(_cfg(method="random"), Data(data, data))).params["block_0"]["layer"]["kernel"])
+    _, rand = fit(_cfg(method="random"), Data(data, data), progress=False)
+    np.testing.assert_array_equal(rand.params["block_0"]["layer"]["kernel"], k0)
+    k0 = np.asarray(init_state(setup(_cfg(method="bp"), Data(data, data))).params["block_0"]["layer"]["kernel"])
+    _, bp = fit(_cfg(method="bp"), Data(data, data), progress=False)
+    assert np.max(np.abs(bp.params["block_0"]["layer"]["kernel"] - k0)) > 1e-4
 
 
 def test_nan_input_stops_with_error_and_keeps_last_finite_parameters():
     data = _data()
     bad = dataclasses.replace(data, images=data.images.copy())
     bad.images[-4:] = np.nan  # one epoch visits every sample, so some step sees them
-    trainer = Trainer(_cfg(steps_per_chunk=1), bad, bad, progress=False)
-    with pytest.raises(FloatingPointError, match="NaN"):
-        trainer.train_hebbian([0], epochs=1)
-    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(trainer.state["params"]))
+    ctx = setup(_cfg(steps_per_chunk=1), Data(bad, bad), progress=False)
+    with pytest.raises(NonFiniteUpdate, match="NaN") as err:
+        run_phase(ctx, 0, init_state(ctx))
+    assert int(err.value.state.step) < 10  # the state before the chunk of the bad batch
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(err.value.state.params))
 
 
 def test_halving_schedule_matches_softhebb_steps():

@@ -149,14 +149,15 @@ def prepared(tmp_path_factory):
     """Small STL-10 and ImageNet archives in the original formats, prepared offline once."""
     import tensorflow_datasets as tfds
 
-    from hebbjax.data import prepare, synthetic
+    from hebbjax import testing
+    from hebbjax.data import prepare
 
     root, tfds_dir = tmp_path_factory.mktemp("archives"), tmp_path_factory.mktemp("tfds")
     wnids = Path(tfds.core.tfds_path("datasets/imagenet2012/labels.txt")).read_text().split()[:3]
-    synthetic.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20)
-    synthetic.write_imagenet(root / "imagenet2012", wnids, per_class=4, n_val=4)
+    testing.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20)
+    testing.write_imagenet(root / "imagenet2012", wnids, per_class=4, n_val=4)
     for name in ("stl10", "imagenet2012"):
-        prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=synthetic.checksums(sorted((root / name).iterdir())))
+        prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=testing.checksums(sorted((root / name).iterdir())))
     return root, tfds_dir
 
 

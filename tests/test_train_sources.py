@@ -1,9 +1,7 @@
-"""Where the Trainer gets its images: device arrays (float or uint8) or a host stream.
+"""Where a phase reads its batches: device arrays (float or uint8) or a host stream.
 
-A streamed split must train the same network as the same split held on the device. Batch
-orders differ between the two (a host RNG vs a device permutation), so the equivalence is checked
-with full-batch steps and no dropout, where the order inside a batch does not matter: Hebbian
-updates and gradients are sums over the batch, BatchNorm uses batch statistics.
+A streamed split must train the same network as the same split held on the device: both read
+the samples in the order drawn from the phase's key, so the parameters agree bit for bit.
 """
 
 from __future__ import annotations
@@ -13,24 +11,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig
-from hebbjax.train import AXIS, ArrayData, StreamData, Trainer
-from hebbjax.train.sources import chunk_steps, chunks
+from hebbjax.config import BlockConfig, Config, ConfigError, ModelConfig, TrainingConfig
+from hebbjax.data import Dataset
+from hebbjax.train import AXIS, Data, StreamSource, fit, init_state, run_epochs, run_phase, setup
+from hebbjax.train.sources import chunk_steps, stack
 
 N, CLASSES = 48, 3
 
 
-def _uint8_data(n: int = N, seed: int = 0) -> ArrayData:
+def _uint8_data(n: int = N, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
-    return ArrayData(images, rng.integers(0, CLASSES, n).astype(np.int32), CLASSES)
+    return Dataset(images, rng.integers(0, CLASSES, n).astype(np.int32), CLASSES)
 
 
-def _float(data: ArrayData) -> ArrayData:
-    return ArrayData(data.images.astype(np.float32) / np.float32(255), data.labels, data.num_classes)  # as load() does
+def _float(data: Dataset) -> Dataset:
+    return Dataset(data.images.astype(np.float32) / np.float32(255), data.labels, data.num_classes)  # as load() does
 
 
-def _cfg(batch: int = N, **training) -> Config:
+def _cfg(batch: int = 8, **training) -> Config:
     blocks = [
         BlockConfig(channels=6, kernel=3, padding=1, lr=0.05, activation="triangle(0.7)", pool="max(2,2,0)"),
         BlockConfig(channels=8, kernel=3, padding=1, lr=0.02, t_invert=0.7, activation="triangle(1)"),
@@ -42,14 +41,14 @@ def _cfg(batch: int = N, **training) -> Config:
 
 
 class HostStream:
-    """``StreamData.from_arrays`` with a record of what was opened, yielded and closed."""
+    """``StreamSource.from_dataset`` with a record of what was read and closed."""
 
-    def __init__(self, data: ArrayData) -> None:
-        self.data, self.opened, self.closed, self.seen = data, [], 0, []
+    def __init__(self, data: Dataset) -> None:
+        self.data, self.reads, self.closed, self.seen = data, 0, 0, []
 
-    def open(self, batch_size: int, *, epochs: int, seed: int, shuffle: bool, drop_remainder: bool):
-        self.opened.append(dict(batch_size=batch_size, epochs=epochs, shuffle=shuffle, drop_remainder=drop_remainder))
-        inner = StreamData.from_arrays(self.data).open(batch_size, epochs=epochs, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder)
+    def read(self, batches):
+        self.reads += 1
+        inner = StreamSource.from_dataset(self.data).read(batches)
         outer = self
 
         class Recording:
@@ -63,104 +62,116 @@ class HostStream:
 
         return Recording()
 
-    def source(self) -> StreamData:
+    def source(self) -> StreamSource:
         d = self.data
-        return StreamData(self.open, d.num_examples, d.image_shape, d.num_classes, d.normalization)
+        return StreamSource(self.read, len(d.labels), d.image_shape, d.num_classes, d.normalization, d.images.dtype)
 
 
-def _leaves(state: dict) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(state["params"])]
+def _leaves(state) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
 
 
 def test_uint8_images_train_like_the_same_images_as_floats():
     data = _uint8_data()
-    as_uint8 = Trainer(_cfg(batch=8), data, data, progress=False)
-    as_float = Trainer(_cfg(batch=8), _float(data), _float(data), progress=False)
-    r8, rf = as_uint8.fit(), as_float.fit()
-    assert as_uint8.train_data["image"].dtype == np.uint8  # a quarter of the device memory
+    r8, s8 = fit(_cfg(), Data(data, data), progress=False)
+    rf, sf = fit(_cfg(), Data(_float(data), _float(data)), progress=False)
+    assert setup(_cfg(), Data(data, data)).train.arrays["x"].dtype == np.uint8  # a quarter of the device memory
     # The network inputs are equal bit for bit (test_data_loading: to_float on the device == host);
     # the parameters only to rounding, as XLA fuses the uint8 lookup into different kernels.
-    for a, b in zip(_leaves(as_uint8.state), _leaves(as_float.state), strict=True):
+    for a, b in zip(_leaves(s8), _leaves(sf), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert r8 == rf | {"seconds": r8["seconds"], "unsupervised_images_per_second": r8["unsupervised_images_per_second"]}
 
 
 def test_streamed_split_trains_the_same_network_as_the_split_on_the_device():
     data = _uint8_data()
-    on_device = Trainer(_cfg(), data, data, progress=False)
+    r_dev, on_device = fit(_cfg(), Data(data, data), progress=False)
     host = HostStream(data)
-    streamed = Trainer(_cfg(), host.source(), host.source(), progress=False)
-    r_dev, r_stream = on_device.fit(), streamed.fit()
-    # 2 Hebbian epochs and 5 readout epochs of one full batch each, in chunks of 3 steps (padded),
-    # then one ordered pass over train and over test.
-    assert host.opened[0] == dict(batch_size=N, epochs=2, shuffle=True, drop_remainder=True)
-    assert host.opened[1] == dict(batch_size=N, epochs=5, shuffle=True, drop_remainder=True)
-    assert host.opened[2:] == [dict(batch_size=16, epochs=1, shuffle=False, drop_remainder=False)] * 2
-    assert host.closed == 4
+    r_stream, streamed = fit(_cfg(), Data(host.source(), host.source()), progress=False)
+    # 2 Hebbian epochs of 6 batches, then (features cannot be cached from a stream) 5 supervised
+    # epochs of the readout, then one ordered pass over train and one over test.
+    assert host.reads == 4 and host.closed == 4
+    assert len(host.seen) == 2 * 6 + 5 * 6 + 2 * 3
+    init = _leaves(init_state(setup(_cfg(), Data(data, data))))
     moved = 0.0
-    for a, b, init in zip(_leaves(on_device.state), _leaves(streamed.state), _leaves(Trainer(_cfg(), data, data, progress=False).state), strict=True):
+    for a, b, start in zip(_leaves(on_device), _leaves(streamed), init, strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-        moved = max(moved, float(np.max(np.abs(a - init))))
+        moved = max(moved, float(np.max(np.abs(b - start))))
     assert moved > 1e-2  # the comparison is between trained networks
-    assert r_dev["test_accuracy"] == r_stream["test_accuracy"] and r_dev["train_accuracy"] == r_stream["train_accuracy"]
-    assert r_stream["unsupervised_images_per_second"] is not None
+    assert r_stream["streamed"] and not r_dev["streamed"] and r_stream["unsupervised_images_per_second"] is not None
+
+
+def test_streamed_hebbian_phase_equals_the_device_resident_one_bit_for_bit():
+    data = _uint8_data(n=50)
+    host = HostStream(data)
+    states = []
+    for train in (data, host.source()):
+        ctx = setup(_cfg(batch=4, steps_per_chunk=5), Data(train, data), progress=False)
+        states.append(run_phase(ctx, 0, init_state(ctx)))
+    for a, b in zip(_leaves(states[0]), _leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(host.seen) == 2 * 12 and host.closed == 1
 
 
 def test_streamed_chunks_feed_every_batch_to_the_device_once_and_skip_the_padding():
-    """50 images at batch 4: 12 steps per epoch; chunks of 5 steps: 5 + 5 + 2 real + 3 padded.
+    """50 images at batch 4: 12 steps per epoch; chunks of 5 steps: 5 + 5 + 5 + 5 + 4 real + 1 padded.
     A step that sums what it receives must see exactly the 2 x 48 images the host yielded."""
     data = _uint8_data(n=50)
     host = HostStream(data)
-    trainer = Trainer(_cfg(batch=4, steps_per_chunk=5), host.source(), host.source(), progress=False)
+    ctx = setup(_cfg(batch=4, steps_per_chunk=5), Data(host.source(), data), progress=False)
 
-    def step(c, batch):
-        x = batch["image"].astype(jnp.float32)
-        return {"sum": c["sum"] + jax.lax.psum(x.sum(0), AXIS), "steps": c["steps"] + 1}, {}
+    def step(state, batch):
+        x = batch["x"].astype(jnp.float32)
+        return state.replace(params={"sum": state.params["sum"] + jax.lax.psum(x.sum(0), AXIS)}), {}
 
-    carry = {"sum": jnp.zeros((8, 8, 1)), "steps": jnp.zeros((), jnp.int32)}
-    out = trainer._run_stream_epochs(step, carry, host.source(), 4, 2, "sum")
-    assert int(out["steps"]) == 24 and len(host.seen) == 24
-    np.testing.assert_array_equal(np.asarray(out["sum"]), np.sum([b.astype(np.float32).sum(0) for b in host.seen], 0))
+    state = init_state(ctx).replace(params={"sum": jnp.zeros((8, 8, 1))})
+    out = run_epochs(step, state, ctx.train, name="sum", batch_size=4, epochs=2, key=jax.random.key(0), mesh=ctx.mesh, steps_per_chunk=5)
+    assert int(out.step) == 24 and len(host.seen) == 24
+    np.testing.assert_array_equal(np.asarray(out.params["sum"]), np.sum([b.astype(np.float32).sum(0) for b in host.seen], 0))
     assert host.closed == 1
 
 
 def test_unsup_limit_trains_on_a_prefix_of_train_without_a_copy():
     data = _uint8_data()
-    prefix = ArrayData(data.images[:20], data.labels[:20], CLASSES)
-    limited = Trainer(_cfg(batch=8), data, data, unsup_limit=20, progress=False)
-    on_prefix = Trainer(_cfg(batch=8), prefix, data, progress=False)
-    for t in (limited, on_prefix):
-        t.train_hebbian([0, 1], epochs=2)
-    assert limited.unsup_images == 32 and limited.n_train == N and limited.unsup_data is limited.train_data
-    for a, b in zip(_leaves(limited.state), _leaves(on_prefix.state), strict=True):
-        np.testing.assert_array_equal(a, b)
+    prefix = Dataset(data.images[:20], data.labels[:20], CLASSES)
+    limited = setup(_cfg(), Data(data, data, unsup_limit=20), progress=False)
+    on_prefix = setup(_cfg(), Data(prefix, data), progress=False)
+    assert limited.unsup.num_examples == 20 and limited.train.num_examples == N
+    assert limited.unsup.arrays is limited.train.arrays
+    a, b = (run_phase(ctx, 0, init_state(ctx)) for ctx in (limited, on_prefix))
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_batch_larger_than_a_split_is_an_error_naming_the_key_before_training():
     data = _uint8_data()
-    with pytest.raises(ValueError, match=r"training.unsup_batch_size: 16 is larger than the unsupervised set \(10 images"):
-        Trainer(_cfg(batch=16), data, data, unsup_limit=10, progress=False)
-    with pytest.raises(ValueError, match=r"training.readout_batch_size: 64 is larger than the training set \(48 images"):
-        Trainer(_cfg(batch=8, readout_batch_size=64), data, data, progress=False)
+    with pytest.raises(ConfigError, match=r"training.unsup_batch_size: 16 is larger than the unsupervised set \(10 images"):
+        setup(_cfg(batch=16), Data(data, data, unsup_limit=10))
+    with pytest.raises(ConfigError, match=r"training.readout_batch_size: 64 is larger than the training set \(48 images"):
+        setup(_cfg(readout_batch_size=64), Data(data, data))
 
 
 def test_streamed_validation_parts_of_train_are_disjoint():
     """``from_stream`` keeps the validation split's seed for every pass: shuffled training
     passes never meet the held-out images."""
-    train = StreamData.from_stream("digits", "train", validation=True, seed=5)
-    held_out = StreamData.from_stream("digits", "test", validation=True, seed=5)
-    rows = lambda source, seed: {x.tobytes() for images, _ in source.open(16, epochs=1, seed=seed, shuffle=True, drop_remainder=False) for x in images}
+    train = StreamSource.from_stream("digits", "train", validation=True, seed=5)
+    held_out = StreamSource.from_stream("digits", "test", validation=True, seed=5)
+
+    def rows(source, seed):
+        order = np.random.default_rng(seed).permutation(source.num_examples)
+        return {x.tobytes() for images, _ in source.read(np.array_split(order, 7)) for x in images}
+
     a, b, h = rows(train, 1), rows(train, 2), rows(held_out, 3)
     assert a == b and len(a) == train.num_examples == 1078 and len(h) == held_out.num_examples == 269
     assert not a & h
 
 
-def test_chunks_stack_batches_and_mark_padding():
+def test_stack_stacks_batches_and_marks_padding():
     batches = [(np.full((2, 1), i, np.uint8), np.full(2, i, np.int32)) for i in range(5)]
-    out = list(chunks(iter(batches), 3))
+    out = list(stack(iter(batches), 3))
     assert [v.tolist() for _, v in out] == [[True] * 3, [True, True, False]]
-    assert out[1][0]["image"][:, :, 0].tolist() == [[3, 3], [4, 4], [0, 0]]
-    assert out[0][0]["label"].tolist() == [[0, 0], [1, 1], [2, 2]]
+    assert out[1][0]["x"][:, :, 0].tolist() == [[3, 3], [4, 4], [0, 0]]
+    assert out[0][0]["y"].tolist() == [[0, 0], [1, 1], [2, 2]]
     # about 64 MiB per chunk: ImageNet uint8 batches of 10 at 160 px -> 87 steps; never 0
     assert chunk_steps(10, (160, 160, 3), 1, 100) == 87
     assert chunk_steps(10**6, (160, 160, 3), 4, 100) == 1
@@ -169,21 +180,20 @@ def test_chunks_stack_batches_and_mark_padding():
 def test_unsupervised_phase_reads_its_own_split():
     """Hebbian blocks trained with ``unsup=B`` equal those of a run whose training set is B."""
     labelled, unlabelled = _uint8_data(seed=0), _uint8_data(n=40, seed=1)
-    unlabelled = ArrayData(unlabelled.images, np.full(40, -1, np.int32), CLASSES)
-    with_unsup = Trainer(_cfg(batch=8), labelled, labelled, unsup=unlabelled, progress=False)
-    on_b = Trainer(_cfg(batch=8), ArrayData(unlabelled.images, labelled.labels[:40], CLASSES), labelled, progress=False)
-    for t in (with_unsup, on_b):
-        t.train_hebbian([0, 1], epochs=2)
-    assert with_unsup.unsup_images == 80 and with_unsup.n_train == N
+    unlabelled = Dataset(unlabelled.images, np.full(40, -1, np.int32), CLASSES)
+    with_unsup = setup(_cfg(), Data(labelled, labelled, unsup=unlabelled), progress=False)
+    on_b = setup(_cfg(), Data(Dataset(unlabelled.images, labelled.labels[:40], CLASSES), labelled), progress=False)
+    a, b = (run_phase(ctx, 0, init_state(ctx)) for ctx in (with_unsup, on_b))
+    assert with_unsup.unsup.num_examples == 40 and with_unsup.train.num_examples == N
     for i in (0, 1):
-        np.testing.assert_array_equal(with_unsup.state["params"][f"block_{i}"]["layer"]["kernel"],
-                                      on_b.state["params"][f"block_{i}"]["layer"]["kernel"])
+        np.testing.assert_array_equal(a.params[f"block_{i}"]["layer"]["kernel"], b.params[f"block_{i}"]["layer"]["kernel"])
 
 
 def test_mismatched_splits_are_rejected_naming_the_argument():
     data = _uint8_data()
-    other = ArrayData(np.zeros((4, 6, 6, 1), np.uint8), np.zeros(4, np.int32), CLASSES)
+    other = Dataset(np.zeros((4, 6, 6, 1), np.uint8), np.zeros(4, np.int32), CLASSES)
     with pytest.raises(ValueError, match=r"unsup: images of shape \(6, 6, 1\), expected .*\(8, 8, 1\)"):
-        Trainer(_cfg(), data, data, unsup=other, progress=False)
+        setup(_cfg(), Data(data, data, unsup=other))
     with pytest.raises(ValueError, match="test: images are float32, expected the training images' uint8"):
-        Trainer(_cfg(), data, _float(data), progress=False)
+        setup(_cfg(), Data(data, _float(data)))
+

@@ -8,6 +8,10 @@ A network is a list of blocks, each readable at a glance, e.g. SoftHebb's first 
 Block order (SoftHebb's ``BasicBlock``): input norm -> dropout -> linear layer -> activation -> pool
 -> post-pool activation. Activation and pool specs are strings ``name(args)`` parsed by
 :func:`parse_activation` / :func:`parse_pool`.
+
+This module owns every check of a config (:func:`check`, before any data is read) and the
+rewrite of the blocks a training method implies (:func:`resolve`); the training code trusts
+what it receives.
 """
 
 from __future__ import annotations
@@ -30,14 +34,12 @@ ACTIVATIONS = {
     "exp": 1, "tanh": 1, "sigmoid": 1,
 }
 POOLS = ("max", "avg", "sum")
-RULE_NAMES = ("hebb", "instar", "oja", "softhebb", "soft_wta", "hard_wta", "krotov", "sparse_topk")
-TRAINABILITY = RULE_NAMES + ("bp", "none")
 
 
 @dataclass
 class BlockConfig:
-    """One block of a network. ``rule``: a Hebbian rule name, ``bp`` (trained by backprop with the
-    readout) or ``none`` (frozen at its initialisation)."""
+    """One block of a network. ``rule``: a registered Hebbian rule (:data:`hebbjax.rules.RULES`),
+    ``bp`` (trained by backprop with the readout) or ``none`` (frozen at its initialisation)."""
 
     layer: str = "conv"  # conv | dense
     channels: int = MISSING
@@ -65,6 +67,7 @@ class BlockConfig:
     k: int = 1  # sparse_topk
     homeostasis_rate: float = 3.0  # sparse_topk
     threshold_in_output: bool = True  # sparse_topk: propagate u - theta (Miconi's triangle of u - theta)
+    rule_options: dict[str, Any] = field(default_factory=dict)  # hyper-parameters of a registered rule of your own
     lr: float = 0.01
     lr_schedule: str = "norm"  # norm: lr * (| |w| - 1 | + 1e-10) ** lr_power (SoftHebb) | constant | linear_decay
     lr_power: float = 0.5
@@ -139,13 +142,33 @@ class LoggingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of the training state in ``<run dir>/checkpoints`` (orbax), written at chunk
+    boundaries every ``every_minutes`` and at the end of every phase."""
+
+    enabled: bool = True
+    every_minutes: float = 5.0  # 0: after every chunk of training.steps_per_chunk steps
+    keep: int = 2  # the newest checkpoints kept (older ones are deleted)
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
+    # a run directory to continue from its last complete checkpoint (the same config)
+    resume: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+#: Keys that change how a run is observed or stored, never what it computes (a resumed run may
+#: change them).
+OPERATIONAL_KEYS = ("resume", "logging", "checkpoint")
+
+
+_BLOCK_FIELDS = {f.name for f in dataclasses.fields(BlockConfig)}
 
 
 class ConfigError(ValueError):
@@ -203,6 +226,49 @@ def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: expected one of {list(options)}, got {value!r}")
 
 
+def rule_hyper(block: BlockConfig, key: str = "block") -> dict[str, Any]:
+    """The keyword arguments ``block``'s registered rule reads: from ``rule_options``, else the
+    block field of that name."""
+    from hebbjax.rules import RULES
+
+    spec = RULES[block.rule]
+    unknown = sorted(set(block.rule_options) - set(spec.hyper))
+    if unknown:
+        raise ConfigError(f"{key}.rule_options: {unknown} not read by rule {block.rule!r}; it reads {list(spec.hyper)}")
+    hyper = {}
+    for name in spec.hyper:
+        if name in block.rule_options:
+            hyper[name] = block.rule_options[name]
+        elif name in _BLOCK_FIELDS:
+            hyper[name] = getattr(block, name)
+        else:
+            raise ConfigError(f"{key}.rule_options.{name}: rule {block.rule!r} needs it (not a block key); "
+                              f"set '+{key.replace('[', '.').replace(']', '')}.rule_options.{name}=...'")
+    return hyper
+
+
+def is_hebbian(block: BlockConfig) -> bool:
+    """Whether a block learns by a Hebbian rule (not ``bp``, not ``none``)."""
+    from hebbjax.rules import NOT_HEBBIAN
+
+    return block.rule not in NOT_HEBBIAN
+
+
+def _check_rule(key: str, b: BlockConfig) -> None:
+    from hebbjax.rules import NOT_HEBBIAN, RULES
+
+    if b.rule in NOT_HEBBIAN:
+        if b.rule_options:
+            raise ConfigError(f"{key}.rule_options: a {b.rule!r} block has no rule to pass them to")
+        return
+    if b.rule not in RULES:
+        raise ConfigError(f"{key}.rule: expected one of {sorted(RULES) + list(NOT_HEBBIAN)}, got {b.rule!r}")
+    spec = RULES[b.rule]
+    message = spec.check(rule_hyper(b, key), b.channels) if spec.check is not None else None
+    if message:
+        raise ConfigError(f"{key}.{message}")
+
+
 def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Chain shapes through the blocks (``input_shape`` = (H, W, C) or (features,)), validating every
     field; return each block's output shape. Raises :class:`ConfigError` naming ``model.blocks[i].key``."""
@@ -213,7 +279,7 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
     for i, b in enumerate(blocks):
         key = f"model.blocks[{i}]"
         _choice(f"{key}.layer", b.layer, ("conv", "dense"))
-        _choice(f"{key}.rule", b.rule, TRAINABILITY)
+        _check_rule(key, b)
         _choice(f"{key}.neuron", b.neuron, ("linear", "log_weight"))
         _choice(f"{key}.input_norm", b.input_norm, ("batchnorm", "standardize", "patch_sum", "none"))
         _choice(f"{key}.padding_mode", b.padding_mode, ("zeros", "reflect", "replicate", "circular"))
@@ -227,10 +293,6 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
             raise ConfigError(f"{key}.padding: expected >= 0, got {b.padding}")
         if not 0.0 <= b.dropout < 1.0 or not 0.0 <= b.prune < 1.0:
             raise ConfigError(f"{key}.dropout/prune: expected a probability in [0, 1)")
-        if b.rule == "krotov" and not 2 <= b.rank <= b.channels:
-            raise ConfigError(f"{key}.rank: expected 2 <= rank <= channels ({b.channels}), got {b.rank}")
-        if b.rule == "sparse_topk" and not 1 <= b.k <= b.channels:
-            raise ConfigError(f"{key}.k: expected 1 <= k <= channels ({b.channels}), got {b.k}")
         if b.neuron == "log_weight" and b.init != "positive":
             raise ConfigError(f"{key}.init: log_weight neurons need positive weights, set init: positive")
         parse_activation(b.activation, f"{key}.activation")
@@ -269,10 +331,13 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
 
 
 def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Validate a whole (resolved, typed) config; returns the block output shapes."""
+    """Validate the training and model sections for inputs of ``input_shape``; returns the block
+    output shapes (of the blocks the training method trains, :func:`resolve`)."""
+    from hebbjax.train.protocol import MODES
+
     t = cfg.training
     _choice("training.method", t.method, ("hebbian", "bp", "random"))
-    _choice("training.mode", t.mode, ("successive", "consecutive", "simultaneous"))
+    _choice("training.mode", t.mode, tuple(MODES))
     _choice("training.readout_schedule", t.readout_schedule, ("halving", "constant"))
     for name in ("unsup_batch_size", "readout_batch_size", "eval_batch_size", "steps_per_chunk"):
         if getattr(t, name) < 1:
@@ -282,7 +347,91 @@ def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, .
             raise ConfigError(f"training.{name}: expected >= 0, got {getattr(t, name)}")
     if not 0.0 <= cfg.model.classifier_dropout < 1.0:
         raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
-    return check_blocks(list(cfg.model.blocks), input_shape)
+    c = cfg.checkpoint
+    if c.every_minutes < 0 or c.keep < 1:
+        raise ConfigError(f"checkpoint.every_minutes / checkpoint.keep: expected >= 0 and >= 1, got {c.every_minutes} and {c.keep}")
+    return check_blocks(list(resolve(cfg).model.blocks), input_shape)
+
+
+def resolve(cfg: Config) -> Config:
+    """The config with the blocks its training method trains: ``bp`` trains every block by
+    backprop, ``random`` freezes the Hebbian blocks at their initialisation; ``hebbian`` as given."""
+    method = cfg.training.method
+    if method == "bp":
+        blocks = [dataclasses.replace(b, rule="bp", rule_options={}) for b in cfg.model.blocks]
+    elif method == "random":
+        blocks = [dataclasses.replace(b, rule="none", rule_options={}) if is_hebbian(b) else b for b in cfg.model.blocks]
+    else:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=blocks))
+
+
+def check(cfg: Config, spec: Any = None) -> list[tuple[int, ...]]:
+    """Every check that needs no data, given the dataset's registered spec
+    (:func:`hebbjax.data.get_spec`, looked up from ``data.name`` when not given): dataset name,
+    shapes chaining from its image shape, augmentation names and options, data keys, training
+    and model keys. Returns the block output shapes. Raises :class:`ConfigError` naming the key."""
+    from hebbjax.data import get_spec
+    from hebbjax.data.augment import AUGMENTATIONS
+    from hebbjax.data.errors import UnknownDatasetError
+
+    if spec is None:
+        try:
+            spec = get_spec(cfg.data.name)
+        except UnknownDatasetError as err:
+            raise ConfigError(f"data.name: {err}") from None
+    shapes = check_config(cfg, spec.image_shape)
+    d = cfg.data
+    for key, names in (("data.augment", d.augment), ("data.unsup_augment", d.unsup_augment)):
+        unknown = [name for name in names if name not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(f"{key}: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
+    _check_augment_options(d.augment_options, min(spec.image_shape[:2]))
+    _choice("data.placement", d.placement, ("auto", "in_memory", "stream"))
+    if d.placement == "in_memory" and not spec.in_memory:
+        raise ConfigError(f"data.placement: {spec.name!r} is too large for memory; use stream (or auto)")
+    for key in ("limit_train", "limit_unsup"):
+        if getattr(d, key) is not None and getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}: expected a positive number of samples, got {getattr(d, key)}")
+    if d.unsup_split is not None:
+        try:
+            spec.tfds_split(d.unsup_split)
+        except ValueError as err:
+            raise ConfigError(f"data.unsup_split: {err}") from None
+        if d.unsup_split not in ("train", "unlabelled"):  # never the images a run is evaluated on
+            raise ConfigError(f"data.unsup_split: expected a split without evaluation images (train, unlabelled), got {d.unsup_split!r}")
+    t = cfg.training
+    if t.method != "hebbian" or t.mode == "simultaneous":
+        for key in ("unsup_split", "limit_unsup", "unsup_augment"):
+            if getattr(d, key) not in (None, []):
+                raise ConfigError(f"data.{key}: only the unsupervised phase reads it, which runs with training.method=hebbian "
+                                  f"in mode successive or consecutive (got method={t.method}, mode={t.mode})")
+    return shapes
+
+
+def _check_augment_options(options: AugmentOptions, side: int) -> None:
+    for key in ("scale", "ratio"):
+        low_high = list(getattr(options, key))
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigError(f"data.augment_options.{key}: expected [low, high] with 0 < low <= high, got {low_high}")
+    if not 0 <= options.padding < side:
+        raise ConfigError(f"data.augment_options.padding: expected 0 <= padding < {side} (the image side), got {options.padding}")
+    if not 0.0 <= options.flip_prob <= 1.0:
+        raise ConfigError(f"data.augment_options.flip_prob: expected a probability in [0, 1], got {options.flip_prob}")
+    if options.noise_std < 0:
+        raise ConfigError(f"data.augment_options.noise_std: expected >= 0, got {options.noise_std}")
+
+
+def check_sizes(cfg: Config, num_train: int, num_unsup: int) -> None:
+    """Batch sizes against the sizes of the loaded splits (known only once they are loaded)."""
+    t = cfg.training
+    has_unsup_phase = t.method == "hebbian" and t.mode != "simultaneous" and t.unsup_epochs > 0
+    if has_unsup_phase and t.unsup_batch_size > num_unsup:
+        raise ConfigError(f"training.unsup_batch_size: {t.unsup_batch_size} is larger than the unsupervised set "
+                          f"({num_unsup} images; see data.limit_train / data.limit_unsup)")
+    if t.readout_batch_size > num_train:
+        raise ConfigError(f"training.readout_batch_size: {t.readout_batch_size} is larger than the training set "
+                          f"({num_train} images; see data.limit_train / data.limit_unsup)")
 
 
 def to_dataclass(cfg: Any) -> Config:
@@ -316,3 +465,31 @@ def _reject_unknown_keys(node: Any, schema: type, prefix: str) -> None:
             if dataclasses.is_dataclass(item):
                 for i, element in enumerate(value):
                     _reject_unknown_keys(element, item, f"{full}[{i}].")
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """A :class:`Config` from nested dicts (``dataclasses.asdict`` of one, a checkpoint's)."""
+    from omegaconf import OmegaConf
+
+    return to_dataclass(OmegaConf.merge(OmegaConf.structured(Config), values))
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = OPERATIONAL_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (``ignore``: top-level
+    sections left out), e.g. ``["model.blocks[0].lr: 0.08 != 0.1"]``."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, key: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                if not key and k in ignore:
+                    continue
+                walk(x.get(k, "<missing>"), y.get(k, "<missing>"), f"{key}.{k}" if key else str(k))
+        elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{key}[{i}]")
+        elif x != y:
+            out.append(f"{key}: {x!r} != {y!r}")
+
+    walk(a, b, "")
+    return out

@@ -1,7 +1,10 @@
 """Hydra entry point: ``python -m hebbjax.run [+experiment=NAME] [key=value ...]``.
 
-Trains and evaluates one configured network, writes ``results.json`` into the Hydra run directory
-and prints a one-line summary last. Config files live in the repository's ``conf/`` (override with
+compose (Hydra) -> check (:func:`hebbjax.config.check`, before any data) -> load
+(:func:`load_data`) -> fit (:func:`hebbjax.train.fit`) -> write ``results.json`` into the run
+directory; the one-line summary is printed last. A run saves checkpoints into
+``<run dir>/checkpoints``; ``resume=<run dir>`` (with the same overrides) continues it from the
+last complete one. Config files live in the repository's ``conf/`` (override with
 ``$HEBBJAX_CONF_DIR``).
 """
 
@@ -21,22 +24,28 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hebbjax.config import Config, ConfigError, check_config, to_dataclass
+from hebbjax.config import Config, ConfigError, check, differences, resolve, to_dataclass
 
 CONF_DIR = os.environ.get("HEBBJAX_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+RESULTS = "results.json"
 
 ConfigStore.instance().store(name="hebbjax_schema", node=Config)
+# conf/config.yaml: a resumed run writes into the run directory it continues, and leaves the
+# .hydra/ record of its first start as it was.
+OmegaConf.register_new_resolver("hebbjax_run_dir", lambda resume, default: resume or default, replace=True)
+OmegaConf.register_new_resolver("hebbjax_output_subdir", lambda resume: None if resume else ".hydra", replace=True)
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter on CPU hosts
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every step of every save at INFO
+log = logging.getLogger("hebbjax")
 
 
 def load_data(cfg: Config):
-    """(train, test, unsup, unsup_limit) for :class:`hebbjax.train.Trainer`: each split on the
-    device(s) (``ArrayData``) or streamed from the host (``StreamData``, by data.placement),
-    honouring data.dir, data.validation, data.limit_train, data.unsup_split and data.limit_unsup.
-    ``unsup`` is None when the unsupervised phase reads the training set itself; then, in memory,
-    ``unsup_limit`` makes it read a prefix of train without a second copy."""
+    """The splits of ``cfg`` as :class:`hebbjax.train.Data`: each on the device(s) (a host
+    ``Dataset``) or streamed from the host (``StreamSource``, by data.placement), honouring
+    data.dir, data.validation, data.limit_train, data.unsup_split and data.limit_unsup. In memory,
+    a limit on the unsupervised phase's share of train reads a prefix of it without a copy."""
     from hebbjax.data import get_spec, load
-    from hebbjax.train import ArrayData, StreamData
+    from hebbjax.train import Data, StreamSource
 
     d = cfg.data
     spec = get_spec(d.name)
@@ -45,77 +54,16 @@ def load_data(cfg: Config):
 
     def split(name: str, limit: int | None):
         if streamed:
-            return StreamData.from_stream(d.name, name, limit=limit, **kw)
+            return StreamSource.from_stream(d.name, name, limit=limit, **kw)
         data = load(d.name, name, **kw)
-        return ArrayData(data.images[:limit], data.labels[:limit], data.num_classes, data.normalization)  # views
+        return dataclasses.replace(data, images=data.images[:limit], labels=data.labels[:limit])  # views
 
     train, test = split("train", d.limit_train), split("test", None)
     if d.unsup_split is not None and d.unsup_split != "train":
-        return train, test, split(d.unsup_split, d.limit_unsup), None
+        return Data(train, test, split(d.unsup_split, d.limit_unsup))
     if d.limit_unsup is not None and streamed:
-        return train, test, split("train", d.limit_unsup), None
-    return train, test, None, d.limit_unsup
-
-
-def check_before_data(cfg: Config) -> None:
-    """Config errors that need no data (dataset name, shapes chaining from the dataset's registered
-    image shape, augmentation names), raised before anything is loaded, prepared or downloaded."""
-    from hebbjax.data import get_spec
-    from hebbjax.data.augment import AUGMENTATIONS
-    from hebbjax.data.errors import UnknownDatasetError
-
-    try:
-        spec = get_spec(cfg.data.name)
-    except UnknownDatasetError as err:
-        raise ConfigError(f"data.name: {err}") from None
-    check_config(cfg, spec.image_shape)
-    d = cfg.data
-    for key, names in (("data.augment", d.augment), ("data.unsup_augment", d.unsup_augment)):
-        unknown = [name for name in names if name not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(f"{key}: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
-    options = d.augment_options
-    for key in ("scale", "ratio"):
-        low_high = list(getattr(options, key))
-        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-            raise ConfigError(f"data.augment_options.{key}: expected [low, high] with 0 < low <= high, got {low_high}")
-    if d.placement not in ("auto", "in_memory", "stream"):
-        raise ConfigError(f"data.placement: expected one of ['auto', 'in_memory', 'stream'], got {d.placement!r}")
-    if d.placement == "in_memory" and not spec.in_memory:
-        raise ConfigError(f"data.placement: {spec.name!r} is too large for memory; use stream (or auto)")
-    for key in ("limit_train", "limit_unsup"):
-        if getattr(d, key) is not None and getattr(d, key) < 1:
-            raise ConfigError(f"data.{key}: expected a positive number of samples, got {getattr(d, key)}")
-    if d.unsup_split is not None:
-        try:
-            spec.tfds_split(d.unsup_split)
-        except ValueError as err:
-            raise ConfigError(f"data.unsup_split: {err}") from None
-        if d.unsup_split not in ("train", "unlabelled"):  # never the images a run is evaluated on
-            raise ConfigError(f"data.unsup_split: expected a split without evaluation images (train, unlabelled), got {d.unsup_split!r}")
-    t = cfg.training
-    if t.method != "hebbian" or t.mode == "simultaneous":
-        for key in ("unsup_split", "limit_unsup", "unsup_augment"):
-            if getattr(d, key) not in (None, []):
-                raise ConfigError(f"data.{key}: only the unsupervised phase reads it, which runs with training.method=hebbian "
-                                  f"in mode successive or consecutive (got method={t.method}, mode={t.mode})")
-    side = min(spec.image_shape[:2])
-    if not 0 <= options.padding < side:
-        raise ConfigError(f"data.augment_options.padding: expected 0 <= padding < {side} (the image side), got {options.padding}")
-    if not 0.0 <= options.flip_prob <= 1.0:
-        raise ConfigError(f"data.augment_options.flip_prob: expected a probability in [0, 1], got {options.flip_prob}")
-    if options.noise_std < 0:
-        raise ConfigError(f"data.augment_options.noise_std: expected >= 0, got {options.noise_std}")
-
-
-def augmentation(names: list[str], options) -> Any:
-    """``fn(key, images)`` applying ``names`` with their options from data.augment_options; None if none."""
-    if not names:
-        return None
-    from hebbjax.data.augment import make_augmentation, options_of
-
-    chosen = {k: v for k, v in dataclasses.asdict(options).items() if k in options_of(names)}
-    return make_augmentation(list(names), **chosen)
+        return Data(train, test, split("train", d.limit_unsup))
+    return Data(train, test, None, d.limit_unsup)
 
 
 def enable_compilation_cache() -> None:
@@ -129,42 +77,78 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def open_checkpoints(cfg: Config, run_dir: Path):
+    """The run directory's checkpoints (None when disabled), after checking that resuming is
+    what was asked for and that the checkpoints were written by the same config."""
+    from hebbjax.train import Checkpoints
+
+    folder = run_dir / "checkpoints"
+    if cfg.resume is None and folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(f"hydra.run.dir: {run_dir} already holds checkpoints; continue it with resume={run_dir}, or choose another run directory")
+    if not cfg.checkpoint.enabled:
+        if cfg.resume is not None:
+            raise ConfigError("checkpoint.enabled: resume needs checkpoints; set checkpoint.enabled=true")
+        return None
+    c = cfg.checkpoint
+    checkpoints = Checkpoints(run_dir, every_minutes=c.every_minutes, keep=c.keep)
+    metas = checkpoints.metas()
+    if cfg.resume is not None and metas:
+        changed = differences(metas[0][1]["config"], dataclasses.asdict(resolve(cfg)))
+        if changed:
+            raise ConfigError(f"resume: the checkpoints in {folder} were written by a different config; keys that differ "
+                              f"(checkpoint != now): " + "; ".join(changed))
+    elif cfg.resume is not None:
+        log.warning("resume: no complete checkpoint in %s; starting from the beginning", folder)
+    return checkpoints
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Atomically: a reader sees the old file or the whole new one, never a half-written one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2, default=str))
+    tmp.replace(path)
+
+
 def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train and evaluate ``cfg``; write ``output_dir/results.json``; return the results."""
+    """Train and evaluate ``cfg``; write ``<run dir>/results.json``; return the results. The run
+    directory is ``output_dir``, or ``cfg.resume`` when continuing a run."""
     import jax
 
-    enable_compilation_cache()
-    from hebbjax.train import StreamData, Trainer
-
     start = time.perf_counter()
-    check_before_data(cfg)  # the Trainer checks the shapes again on the images as loaded
-    train, test, unsup, unsup_limit = load_data(cfg)
-    trainer = Trainer(
-        cfg, train, test, unsup=unsup, unsup_limit=unsup_limit,
-        augment=augmentation(cfg.data.augment, cfg.data.augment_options),
-        unsup_augment=augmentation(cfg.data.unsup_augment, cfg.data.augment_options),
-        progress=cfg.logging.progress,
-    )
-    results = trainer.fit()
+    check(cfg)
+    run_dir = Path(cfg.resume) if cfg.resume is not None else Path(output_dir)
+    if cfg.resume is not None:
+        if not run_dir.is_dir():
+            raise ConfigError(f"resume: {run_dir} is not a run directory")
+        if (run_dir / RESULTS).is_file():  # finished: say so, change nothing
+            results = json.loads((run_dir / RESULTS).read_text())
+            log.warning("resume: %s finished already (%s); nothing to do", run_dir, RESULTS)
+            return results
+    enable_compilation_cache()
+    from hebbjax.train import fit
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = open_checkpoints(cfg, run_dir)
+    data = load_data(cfg)
+    try:
+        results, _ = fit(cfg, data, progress=cfg.logging.progress, checkpoints=checkpoints)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     results["seconds"]["wall_total"] = time.perf_counter() - start
+    if checkpoints is not None:
+        results["seconds"]["checkpoint_saves"] = checkpoints.save_seconds
     results = {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
         **results,
-        "train_samples": train.num_examples,
-        "test_samples": test.num_examples,
-        "unsup_samples": trainer.n_unsup,
-        "streamed": isinstance(train, StreamData),
         "jax_version": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
         "python": platform.python_version(),
-        "config": resolved,
+        "config": resolved if resolved is not None else dataclasses.asdict(cfg),
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(output_dir / "results.json")  # atomic: never a half-written results file
+    write_json(run_dir / RESULTS, results)
     return results
 
 

@@ -18,7 +18,7 @@ Named datasets are tfds datasets prepared as ``array_record`` and read with
 :mod:`hebbjax.data.preparation` for folders, checksums and failure behaviour and
 :mod:`hebbjax.data.loading` for pixel conventions. ``digits`` (scikit-learn's
 8x8 digits) is embedded and needs neither files nor network.
-:mod:`hebbjax.data.synthetic` writes small archives in the original formats
+:mod:`hebbjax.testing` writes small archives in the original formats
 (for tests and offline dry runs).
 """
 

@@ -38,7 +38,7 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class Dataset:
         requested / for STL-10 ``unlabelled`` (see :meth:`to_float`).
       labels: (N,) int32; -1 for unlabelled images.
       num_classes: number of classes.
-      name: dataset name.
+      name: dataset name ("" for arrays of your own).
       split: "train", "test", "unlabelled"; with ``validation=True``, "train"
         (80 % of train) or "validation" (the held-out 20 % of train).
       normalization: "unit" or "imagenet" (how :meth:`to_float` maps uint8).
@@ -73,8 +73,8 @@ class Dataset:
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
-    name: str
-    split: str
+    name: str = ""
+    split: str = ""
     normalization: str = "unit"
     class_names: tuple[str, ...] = ()
 
@@ -477,28 +477,25 @@ class BatchStream:
     raised by ``next()``. Call :meth:`close` (or use ``with``) to stop early; an
     abandoned stream is stopped when garbage-collected.
 
-    ``read(index, pool) -> (images, labels)`` loads one batch of indices.
+    ``read(index, pool) -> (images, labels)`` loads one batch of indices; ``batches`` yields the
+    batches of indices to load, in order.
     """
 
     def __init__(
         self,
         spec: DatasetSpec,
         read: Any,
-        indices: np.ndarray,
+        batches: Iterator[np.ndarray],
+        num_examples: int,
         batch_size: int,
         *,
-        seed: int,
-        epochs: int | None,
-        shuffle: bool,
         drop_remainder: bool,
         prefetch: int,
         out_dtype: np.dtype,
         num_threads: int,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.spec, self.batch_size = spec, batch_size
-        self._n, self._drop = len(indices), drop_remainder
+        self._n, self._drop = num_examples, drop_remainder
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         pool = concurrent.futures.ThreadPoolExecutor(num_threads)
@@ -511,7 +508,6 @@ class BatchStream:
                 images = to_float(images, normalization)
             return images, labels
 
-        batches = _batch_indices(indices, batch_size, seed, epochs, shuffle, drop_remainder)
         self._thread = threading.Thread(
             target=_produce, args=(batches, load_batch, self._queue, self._stop), name="hebbjax-stream", daemon=True
         )
@@ -574,6 +570,7 @@ def stream(
     download: bool | None = None,
     verify_checksums: bool = True,
     file_checksums: FileChecksums | None = None,
+    order: Iterable[np.ndarray] | None = None,
 ) -> BatchStream:
     """Streams ``(images, labels)`` numpy batches of any dataset (ImageNet included).
 
@@ -585,8 +582,12 @@ def stream(
     train as :func:`load` (``seed`` is the seed of that split; a training loop varies only
     ``shuffle_seed`` between its passes). ``limit``: only the first ``limit`` examples of that
     (part of the) split, in stored order. ``epochs=None`` repeats forever. Other arguments: see
-    :func:`load`.
+    :func:`load`. ``order``: the batches to read, as arrays of positions in the (part of the,
+    limited) split, in that order; it replaces ``shuffle_seed``, ``epochs``, ``shuffle`` and
+    ``drop_remainder`` (the training loop passes the order it drew).
     """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     spec = get_spec(name)
     read_split, _, part = _resolve_split(spec, split, validation)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
@@ -622,16 +623,11 @@ def stream(
         if limit < 1:
             raise ValueError(f"limit: expected a positive number of examples, got {limit}")
         indices = indices[:limit]
+    if order is None:
+        batches = _batch_indices(indices, batch_size, seed if shuffle_seed is None else shuffle_seed, epochs, shuffle, drop_remainder)
+    else:
+        batches = (indices[np.asarray(positions)] for positions in order)
     return BatchStream(
-        spec,
-        read,
-        indices,
-        batch_size,
-        seed=seed if shuffle_seed is None else shuffle_seed,
-        epochs=epochs,
-        shuffle=shuffle,
-        drop_remainder=drop_remainder,
-        prefetch=prefetch,
-        out_dtype=out_dtype,
-        num_threads=threads,
+        spec, read, batches, len(indices), batch_size,
+        drop_remainder=drop_remainder, prefetch=prefetch, out_dtype=out_dtype, num_threads=threads,
     )

@@ -1,6 +1,18 @@
-"""Flax modules: Hebbian layers and block-declared networks."""
+"""Flax modules: Hebbian layers and block-built networks (no config parsing here)."""
 
-from hebbjax.nn.layers import HebbianConv, HebbianDense, apply_activation, pool2d, radius_init, repu, triangle
-from hebbjax.nn.network import Block, Classifier, HebbianNetwork, build_network, is_hebbian
+from hebbjax.nn.layers import (
+    Dropout,
+    HebbianConv,
+    HebbianDense,
+    apply_activation,
+    pool2d,
+    positive_init,
+    radius_init,
+    repu,
+    torch_default_init,
+    triangle,
+    unit_norm_init,
+)
+from hebbjax.nn.network import Block, Classifier, HebbianNetwork, standardize
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,53 +1,31 @@
-"""Networks declared as a list of blocks (:class:`hebbjax.config.BlockConfig`).
+"""Networks as a sequence of blocks: input norm -> dropout -> layer -> activation -> pool.
+
+A :class:`Block` receives what it computes as callables (its layer's constructor, activation,
+pool); it parses nothing. :func:`hebbjax.train.build.network` makes blocks from a config, and your
+own code can write them directly::
+
+    Block(layer=functools.partial(HebbianConv, 32, kernel_size=3, padding=1),
+          activation=functools.partial(triangle, power=0.7), pool=functools.partial(pool2d, "max", kernel=2, stride=2, padding=0),
+          plastic=True)
 
 Variables of a :class:`HebbianNetwork`:
 
-- ``params``: ``block_<i>/layer/kernel`` (``bias``) and ``classifier/kernel, bias``;
+- ``params``: ``block_<i>/layer/kernel`` (``bias``) and ``classifier/Dense_0/kernel, bias``;
 - ``batch_stats``: the affine-free input BatchNorm of each block;
-- ``rule_state``: per-block state of stateful rules (sparse_topk's thresholds);
+- ``rule_state``: per-block state of stateful rules (sparse_topk's ``threshold``);
 - ``hebbian`` (written by a forward pass, ``mutable=["hebbian"]``): ``block_<i>/activations``,
   the :class:`~hebbjax.rules.Activations` the block's rule needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from collections.abc import Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.config import BlockConfig, parse_activation, parse_pool
-from hebbjax.nn.layers import (
-    Dropout,
-    HebbianConv,
-    HebbianDense,
-    apply_activation,
-    positive_init,
-    pool2d,
-    radius_init,
-    torch_default_init,
-    triangle,
-    unit_norm_init,
-)
+from hebbjax.nn.layers import Dropout, torch_default_init, triangle
 from hebbjax.rules.linear import Array
-
-#: Rules that take the block's activation as the post-synaptic activity y.
-GIVEN_Y_RULES = ("hebb", "instar", "oja")
-
-
-def is_hebbian(block: BlockConfig) -> bool:
-    return block.rule not in ("bp", "none")
-
-
-def kernel_init(block: BlockConfig):
-    if block.init == "unit":
-        return unit_norm_init
-    if block.init == "positive":
-        return positive_init(block.init_offset)
-    if block.rule == "bp":  # a BP baseline starts like PyTorch's nn.Conv2d / nn.Linear
-        return torch_default_init
-    return radius_init(block.radius, gaussian=block.input_norm == "batchnorm")
 
 
 def standardize(x: Array, eps: float = 1e-5) -> Array:
@@ -56,51 +34,71 @@ def standardize(x: Array, eps: float = 1e-5) -> Array:
     return (x - jnp.mean(x, axes, keepdims=True)) / (jnp.std(x, axes, keepdims=True) + eps)
 
 
-class Block(nn.Module):
-    """input norm -> dropout -> Hebbian/BP layer -> activation -> pool -> post-pool activation."""
+def identity(x: Array) -> Array:
+    return x
 
-    cfg: BlockConfig
+
+class Block(nn.Module):
+    """input norm -> dropout -> layer -> activation -> pool -> post-pool activation (SoftHebb's
+    ``BasicBlock``).
+
+    Attributes:
+      layer: ``layer(name=...)`` makes the block's linear layer (:class:`~hebbjax.nn.HebbianConv`,
+        :class:`~hebbjax.nn.HebbianDense`), which returns :class:`~hebbjax.rules.Activations`.
+      input_norm: ``batchnorm`` (affine-free, SoftHebb), ``standardize`` (per sample, Miconi) or
+        ``none`` (Holca-Lamarre's patch normalisation lives in the layer).
+      activation, pool, post_pool_activation: functions of the feature map (``None``: skipped).
+      plastic: sow the activations a Hebbian rule reads (collection ``hebbian``).
+      y_is_output: the rule's ``y`` is the block's activation (Hebb, instar, Oja), else ``None``.
+      rule_state: initial values of a stateful rule's variables (collection ``rule_state``).
+      output_shift: ``shift(rule_state) -> array`` subtracted from ``u`` before the activation.
+      axis_name: the mapped axis BatchNorm averages its batch statistics over.
+    """
+
+    layer: Callable[..., nn.Module]
+    input_norm: str = "batchnorm"
+    dropout: float = 0.0
+    pre_triangle: bool = False
+    activation: Callable[[Array], Array] = identity
+    pool: Callable[[Array], Array] | None = None
+    post_pool_activation: Callable[[Array], Array] | None = None
+    flatten: bool = False
+    plastic: bool = False
+    y_is_output: bool = False
+    rule_state: Callable[[], Mapping[str, Array]] | None = None
+    output_shift: Callable[[Mapping[str, Array]], Array] | None = None
     axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        c = self.cfg
-        if c.input_norm == "batchnorm":
+        if self.input_norm == "batchnorm":
             # SoftHebb: BatchNorm2d(affine=False), PyTorch momentum 0.1 == Flax momentum 0.9.
             x = nn.BatchNorm(
                 use_running_average=not train, use_bias=False, use_scale=False, momentum=0.9,
                 epsilon=1e-5, axis_name=self.axis_name, name="input_norm",
             )(x)
-        elif c.input_norm == "standardize":
+        elif self.input_norm == "standardize":
             x = standardize(x)
-        if c.dropout > 0:
-            x = Dropout(c.dropout)(x, deterministic=not train)
-        frozen = c.rule != "bp"  # only BP blocks receive gradients
-        common = dict(use_bias=c.bias, log_weight=c.neuron == "log_weight", kernel_init=kernel_init(c), frozen=frozen, name="layer")
-        if c.layer == "conv":
-            acts = HebbianConv(
-                c.channels, c.kernel, c.stride, c.padding, c.padding_mode, c.dilation, c.groups,
-                patch_sum_to=c.patch_sum_to if c.input_norm == "patch_sum" else None, implementation=c.implementation, **common,
-            )(x)
-        else:
-            acts = HebbianDense(c.channels, **common)(x)
-        u = triangle(acts.u) if c.pre_triangle else acts.u
+        elif self.input_norm != "none":
+            raise ValueError(f"input_norm: expected batchnorm, standardize or none, got {self.input_norm!r}")
+        if self.dropout > 0:
+            x = Dropout(self.dropout)(x, deterministic=not train)
+        acts = self.layer(name="layer")(x)
+        u = triangle(acts.u) if self.pre_triangle else acts.u
         out = u
-        if c.rule == "sparse_topk":
-            theta = self.variable("rule_state", "threshold", jnp.zeros, (c.channels,), jnp.float32)
-            if c.threshold_in_output:
-                out = u - theta.value
-        name, param = parse_activation(c.activation)
-        out = apply_activation(name, param, out)
-        if is_hebbian(c):
-            y = out if c.rule in GIVEN_Y_RULES else None
+        if self.rule_state is not None:
+            state = {k: self.variable("rule_state", k, lambda v=v: v).value for k, v in self.rule_state().items()}
+            if self.output_shift is not None:
+                out = u - self.output_shift(state)
+        out = self.activation(out)
+        if self.plastic:
+            y = out if self.y_is_output else None
             self.sow("hebbian", "activations", acts._replace(u=u, y=y), reduce_fn=lambda _, new: new, init_fn=lambda: None)
-        pool = parse_pool(c.pool)
-        if pool is not None:
-            out = pool2d(pool[0], out, *pool[1:])
-        if c.post_pool_activation is not None:
-            out = apply_activation(*parse_activation(c.post_pool_activation), out)
-        if c.flatten:
+        if self.pool is not None:
+            out = self.pool(out)
+        if self.post_pool_activation is not None:
+            out = self.post_pool_activation(out)
+        if self.flatten:
             out = out.reshape(out.shape[0], -1)
         return out
 
@@ -134,28 +132,24 @@ class HebbianNetwork(nn.Module):
     blocks whose index is in ``train_blocks`` run in training mode (BatchNorm batch statistics
     and running-stat updates, dropout); the others in evaluation mode. ``upto`` stops after that
     many blocks (features of a prefix of the network); ``classify=False`` returns the features.
+    ``axis_name`` is given to every block's BatchNorm (data-parallel training).
     """
 
-    blocks: Sequence[BlockConfig]
+    blocks: Sequence[Block]
     num_classes: int
     classifier_dropout: float = 0.5
     axis_name: str | None = None
 
-    def setup(self) -> None:
-        self.block_modules = [Block(b, self.axis_name, name=f"block_{i}") for i, b in enumerate(self.blocks)]
-        self.classifier = Classifier(self.num_classes, self.classifier_dropout)
-
+    @nn.compact
     def __call__(
         self, x: Array, train_blocks: Sequence[int] = (), upto: int | None = None,
         classify: bool = True, train_classifier: bool = False,
     ) -> Array:
         n = len(self.blocks) if upto is None else upto
         for i in range(n):
-            x = self.block_modules[i](x, train=i in train_blocks)
+            block = self.blocks[i].clone(parent=self, name=f"block_{i}", axis_name=self.axis_name)
+            x = block(x, train=i in train_blocks)
         if classify and n == len(self.blocks):
-            return self.classifier(x, train=train_classifier)
+            return Classifier(self.num_classes, self.classifier_dropout, name="classifier")(x, train=train_classifier)
         return x
 
-
-def build_network(blocks: Sequence[BlockConfig], num_classes: int, classifier_dropout: float = 0.5, axis_name: str | None = None) -> HebbianNetwork:
-    return HebbianNetwork(tuple(blocks), num_classes, classifier_dropout, axis_name)

@@ -1,7 +1,8 @@
 """Plasticity rules: pure, jit-compatible functions ``(params, activations) -> updates``.
 
 Build what a rule needs with :func:`observe`, call a rule, post-process with the optax transforms
-of :mod:`hebbjax.rules.transforms`, and apply with ``optax.apply_updates``.
+of :mod:`hebbjax.rules.transforms`, and apply with ``optax.apply_updates``. :data:`RULES` names
+every rule for configs; :func:`register_rule` adds your own.
 """
 
 from hebbjax.rules.dopamine import (
@@ -30,6 +31,7 @@ from hebbjax.rules.plasticity import (
     topk_binary_signal,
     winner_mask,
 )
+from hebbjax.rules.registry import NOT_HEBBIAN, RULES, RuleSpec, register_rule
 from hebbjax.rules.surrogate import hebb_loss, instar_loss, oja_loss
 from hebbjax.rules.transforms import (
     clip_positive,
@@ -41,17 +43,5 @@ from hebbjax.rules.transforms import (
     scale_by_norm_dependent_lr,
     skip_nonpositive_neurons,
 )
-
-#: Rules by name (what configs refer to).
-RULES = {
-    "hebb": hebb,
-    "instar": instar,
-    "oja": oja,
-    "softhebb": softhebb,
-    "soft_wta": soft_wta,
-    "hard_wta": hard_wta,
-    "krotov": krotov,
-    "sparse_topk": sparse_topk,
-}
 
 __all__ = [name for name in dir() if not name.startswith("_")]

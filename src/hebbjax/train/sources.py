@@ -1,14 +1,17 @@
-"""Where a training phase gets its images: device-resident arrays or a host stream.
+"""Where a phase reads its batches: arrays on the device(s), or a stream from the host.
 
-* :class:`ArrayData`: a split small enough for device memory (MNIST .. STL-10's 100k unlabelled
-  images as uint8). It is copied to the device(s) once; every step gathers its batch there.
-* :class:`StreamData`: a split read batch by batch on the host (ImageNet), e.g. from
-  :func:`hebbjax.data.stream`. The loop stacks consecutive batches into a chunk, starts copying
-  the next chunk while the current one computes (:func:`chunks`), and runs the chunk in one jit
-  call, so neither Python nor the host transfer sits between two steps.
+Both implement :class:`Source`, and this module is the only place that knows which is which:
 
-Both carry uint8 pixels or floats; uint8 is mapped to floats on the device by the split's
-``normalization`` (:func:`hebbjax.data.to_float`), which sends 4x fewer bytes.
+* :class:`DeviceSource`: a split small enough for device memory (MNIST .. STL-10's 100k unlabelled
+  images as uint8, or cached features), copied to the device(s) once; every step gathers its
+  batch there (:func:`~hebbjax.train.parallel.scan_chunk`).
+* :class:`StreamSource`: a split read batch by batch on the host (ImageNet), e.g. with
+  :func:`hebbjax.data.stream`. Consecutive batches are stacked into a chunk (about
+  :data:`CHUNK_BYTES`), the next chunk is copied while the current one computes, and each chunk
+  runs in one jit call (:func:`~hebbjax.train.parallel.scan_batches`).
+
+The order of the samples is the same for both: :func:`~hebbjax.train.parallel.epoch_indices`
+draws it from the phase's key, and a stream reads the records in that order.
 """
 
 from __future__ import annotations
@@ -16,72 +19,129 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, Protocol
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from hebbjax.data.loading import Dataset
+from hebbjax.train.parallel import epoch_indices, map_batches, put_batches, replicate, scan_batches, scan_chunk
 
 CHUNK_BYTES = 64 * 2**20  # images of one streamed chunk on the host (and in flight to the device)
 
+#: ``run(state, *chunk) -> (state, metrics)``: one compiled chunk of steps.
+Runner = Callable[..., tuple[Any, Any]]
 
-@dataclasses.dataclass(frozen=True)
-class ArrayData:
-    """In-memory images ``(N, H, W, C)`` (float32, or uint8 mapped by ``normalization``) and
-    labels ``(N,)`` int32 (-1: unlabelled)."""
 
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
+class Source(Protocol):
+    """What a training phase and an evaluation read. Batches are ``{"x": inputs, "y": labels}``."""
+
+    num_examples: int  # rows a phase reads
+    image_shape: tuple[int, ...]
+    normalization: str
+    resident: bool  # the rows are on the device(s): features of them can be cached there
+
+    def runner(self, step: Callable, mesh: Mesh) -> Runner:
+        """Compile ``step`` over chunks of this source's batches."""
+
+    def chunks(
+        self, key: jax.Array, batch_size: int, epochs: int, steps_per_chunk: int, start: int, mesh: Mesh,
+    ) -> Iterator[tuple[tuple, np.ndarray]]:
+        """``(runner arguments, valid steps)`` per chunk of at most ``steps_per_chunk`` steps of
+        ``epochs`` shuffled drop-last epochs (order from ``key``), from step ``start``: 0 or where
+        an earlier call's chunk ended."""
+
+    def map(self, fn: Callable, args: Any, batch_size: int, mesh: Mesh) -> tuple[Any, Any]:
+        """``(fn(args, x) for every row in order, labels)``; ``fn`` is row-wise."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeviceSource:
+    """Arrays ``{"x": (N, ...), "y": (N,)}`` replicated on the mesh; a phase reads rows ``[0, rows)``
+    (a prefix without a copy: data.limit_unsup)."""
+
+    arrays: dict[str, jax.Array]
+    rows: int
     normalization: str = "unit"
+    resident: ClassVar[bool] = True
+
+    @classmethod
+    def place(cls, data: Dataset, mesh: Mesh, dtype: Any = jnp.float32, rows: int | None = None) -> DeviceSource:
+        """Copy a host split to the device(s) once (uint8 stays uint8: 4x less memory)."""
+        images = data.images if data.images.dtype == np.uint8 else jnp.asarray(data.images, dtype)
+        arrays = replicate({"x": images, "y": jnp.asarray(data.labels, jnp.int32)}, mesh)
+        n = len(data.labels)
+        return cls(arrays, n if rows is None else min(rows, n), data.normalization)
 
     @property
     def num_examples(self) -> int:
-        return int(self.images.shape[0])
+        return self.rows
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
+        return tuple(self.arrays["x"].shape[1:])
+
+    def runner(self, step: Callable, mesh: Mesh) -> Runner:
+        return scan_chunk(step, mesh, donate=False)
+
+    def chunks(self, key, batch_size, epochs, steps_per_chunk, start, mesh):
+        idx, valid = epoch_indices(key, self.rows, batch_size, epochs, steps_per_chunk)
+        valid_host = np.asarray(valid)
+        for c in range(start // steps_per_chunk, idx.shape[0]):
+            yield (self.arrays, idx[c], valid[c]), valid_host[c]
+
+    def map(self, fn, args, batch_size, mesh):
+        return map_batches(fn, mesh, batch_size)(args, self.arrays["x"]), self.arrays["y"]
 
 
-# open(batch_size, *, epochs, seed, shuffle, drop_remainder) -> iterator of (images, labels)
-Opener = Callable[..., Iterable[tuple[np.ndarray, np.ndarray]]]
+def place(data: Dataset | StreamSource, mesh: Mesh, dtype: Any = jnp.float32) -> DeviceSource | StreamSource:
+    """The source of a split: a host :class:`~hebbjax.data.Dataset` goes to the device(s), a
+    :class:`StreamSource` stays on the host."""
+    return data if isinstance(data, StreamSource) else DeviceSource.place(data, mesh, dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamData:
-    """A split too large for device memory, read from the host in batches.
+def concat(a: DeviceSource, b: DeviceSource) -> DeviceSource:
+    """Both splits as one (one compiled pass over train and test)."""
+    arrays = {k: jnp.concatenate([a.arrays[k], b.arrays[k]]) for k in a.arrays}
+    return DeviceSource(arrays, a.rows + b.rows, a.normalization)
 
-    ``open(batch_size, *, epochs, seed, shuffle, drop_remainder)`` returns an iterator of numpy
-    ``(images, labels)`` batches (``epochs`` passes, each in an order drawn from ``seed`` when
-    ``shuffle``); an iterator with ``close()`` (e.g. :class:`hebbjax.data.BatchStream`) is closed
-    when the loop leaves it early. :meth:`from_stream` wraps :func:`hebbjax.data.stream`.
+
+# read(index batches) -> iterator of (images, labels) numpy batches, in that order
+Reader = Callable[[Iterable[np.ndarray]], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamSource:
+    """A split too large for device memory, read from the host.
+
+    ``read(index_batches)`` returns an iterator of numpy ``(images, labels)`` batches of those
+    rows, in that order; an iterator with ``close()`` (:class:`hebbjax.data.BatchStream`) is closed
+    when the loop leaves it early. :meth:`from_stream` reads a named dataset with
+    :func:`hebbjax.data.stream`, :meth:`from_dataset` host arrays of your own.
     """
 
-    open: Opener
+    read: Reader
     num_examples: int
     image_shape: tuple[int, ...]
     num_classes: int
     normalization: str = "unit"
+    dtype: np.dtype = np.dtype(np.uint8)  # of the images read
+    resident: ClassVar[bool] = False
 
     @classmethod
-    def from_arrays(cls, data: ArrayData) -> StreamData:
-        """Host arrays read batch by batch (a dataset of your own too large for device memory):
-        each epoch in a fresh order drawn from ``(seed, epoch)``, as :func:`hebbjax.data.stream`."""
-        n = data.num_examples
+    def from_dataset(cls, data: Dataset) -> StreamSource:
+        """Host arrays read batch by batch (a dataset of your own too large for device memory)."""
+        def read(batches):
+            return ((data.images[index], data.labels[index]) for index in batches)
 
-        def open_(batch_size: int, *, epochs: int, seed: int, shuffle: bool, drop_remainder: bool):
-            for epoch in range(epochs):
-                order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-                for start in range(0, n, batch_size):
-                    index = order[start : start + batch_size]
-                    if len(index) < batch_size and drop_remainder:
-                        break
-                    yield data.images[index], data.labels[index]
-
-        return cls(open_, n, data.image_shape, data.num_classes, data.normalization)
+        return cls(read, len(data.labels), data.image_shape, data.num_classes, data.normalization, data.images.dtype)
 
     @classmethod
-    def from_stream(cls, name: str, split: str, **stream_kwargs) -> StreamData:
+    def from_stream(cls, name: str, split: str, **stream_kwargs) -> StreamSource:
         """A named dataset split read with :func:`hebbjax.data.stream` as uint8 (``stream_kwargs``:
-        ``data_dir``, ``validation``, ``seed`` of the validation split, ...). Prepares it first."""
+        ``data_dir``, ``validation``, ``seed`` of the validation split, ``limit``, ...). Prepares it first."""
         from hebbjax.data import get_spec, stream
 
         spec = get_spec(name)
@@ -89,14 +149,43 @@ class StreamData:
         with stream(name, split, 1, epochs=0, **kwargs) as probe:  # prepares; counts the split
             n = probe.num_examples
 
-        def open_(batch_size: int, *, epochs: int, seed: int, shuffle: bool, drop_remainder: bool):
-            return stream(name, split, batch_size, epochs=epochs, shuffle_seed=seed, shuffle=shuffle,
-                          drop_remainder=drop_remainder, **kwargs)
+        def read(batches):
+            return stream(name, split, 1, order=batches, **kwargs)
 
-        return cls(open_, n, spec.image_shape, spec.num_classes, spec.normalization)
+        return cls(read, n, spec.image_shape, spec.num_classes, spec.normalization)
 
+    def runner(self, step: Callable, mesh: Mesh) -> Runner:
+        return scan_batches(step, mesh)
 
-Source = ArrayData | StreamData
+    def chunks(self, key, batch_size, epochs, steps_per_chunk, start, mesh):
+        idx, valid = (np.asarray(a) for a in epoch_indices(key, self.num_examples, batch_size, epochs, steps_per_chunk))
+        order = idx.reshape(-1, batch_size)[: int(valid.sum())][start:]  # the real steps from ``start``
+        steps = chunk_steps(batch_size, self.image_shape, self.dtype.itemsize, steps_per_chunk)
+        stream = self.read(order)
+        try:
+            for host, ok in stack(stream, steps):
+                yield (put_batches(host, mesh), ok), ok
+        finally:
+            close(stream)
+
+    def map(self, fn, args, batch_size, mesh):
+        """One ordered pass; each batch is copied while the previous one is evaluated."""
+        n = self.num_examples
+        stream = self.read(np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
+        outputs: list[tuple[jax.Array, np.ndarray, int]] = []
+        run = map_batches(fn, mesh, batch_size)
+        try:
+            for images, labels in stream:
+                m = len(labels)
+                if m < batch_size:  # one shape, one compiled program; the padding is cut below
+                    images = np.concatenate([images, np.zeros((batch_size - m, *images.shape[1:]), images.dtype)])
+                outputs.append((run(args, put_batches(images, mesh, axis=0)), labels, m))
+                if len(outputs) > 2:  # at most two batches in flight
+                    jax.block_until_ready(outputs[-3][0])
+        finally:
+            close(stream)
+        out = np.concatenate([np.asarray(o)[:m] for o, _, m in outputs])
+        return out, np.concatenate([y for _, y, _ in outputs]).astype(np.int32)
 
 
 def chunk_steps(batch_size: int, image_shape: tuple[int, ...], itemsize: int, most: int) -> int:
@@ -105,17 +194,16 @@ def chunk_steps(batch_size: int, image_shape: tuple[int, ...], itemsize: int, mo
     return max(1, min(most, CHUNK_BYTES // max(1, batch_bytes)))
 
 
-def chunks(batches: Iterable[tuple[np.ndarray, np.ndarray]], steps: int) -> Iterator[tuple[dict, np.ndarray]]:
-    """Consecutive batches stacked into ``({"image": (steps, B, ...), "label": (steps, B)}, valid)``;
+def stack(batches: Iterable[tuple[np.ndarray, np.ndarray]], steps: int) -> Iterator[tuple[dict, np.ndarray]]:
+    """Consecutive batches stacked into ``({"x": (steps, B, ...), "y": (steps, B)}, valid)``;
     the last chunk is zero-padded to ``steps`` and ``valid`` marks its real batches (so every
     chunk has one shape and one compiled program)."""
     buffer: dict | None = None
     filled = 0
     for images, labels in batches:
         if buffer is None:
-            buffer = {"image": np.zeros((steps, *images.shape), images.dtype),
-                      "label": np.zeros((steps, *labels.shape), np.int32)}
-        buffer["image"][filled], buffer["label"][filled] = images, labels
+            buffer = {"x": np.zeros((steps, *images.shape), images.dtype), "y": np.zeros((steps, *labels.shape), np.int32)}
+        buffer["x"][filled], buffer["y"][filled] = images, labels
         filled += 1
         if filled == steps:
             yield buffer, np.ones(steps, bool)

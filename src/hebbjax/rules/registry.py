@@ -1,0 +1,140 @@
+"""Rules by name: the one place that says what ``rule: <name>`` in a config means.
+
+An entry gives the rule function, the block hyper-parameters it reads (passed as keywords), whether
+it takes the block's activation as its post-synaptic ``y``, and, for a stateful rule, its initial
+state. Register your own rule once and every config can name it::
+
+    from hebbjax import rules
+
+    def scaled_hebb(params, activations, *, gain, modulation=None):
+        return jax.tree_util.tree_map(lambda d: gain * d, rules.hebb(params, activations, modulation=modulation))
+
+    rules.register_rule("scaled_hebb", scaled_hebb, hyper=("gain",), given_y=True)
+    # model.blocks.0.rule=scaled_hebb '+model.blocks.0.rule_options={gain: 2.0}'
+
+A hyper-parameter is read from the block's ``rule_options`` when it is there, else from the block
+field of that name (``t_invert``, ``k``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from hebbjax.rules.linear import Activations, Array, Params
+from hebbjax.rules.plasticity import (
+    SparseTopKState,
+    hard_wta,
+    hebb,
+    instar,
+    krotov,
+    oja,
+    soft_wta,
+    softhebb,
+    sparse_topk,
+)
+
+State = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSpec:
+    """One registered rule.
+
+    Attributes:
+      fn: ``fn(params, activations, **hyper, modulation=None) -> updates``; a stateful rule
+        (``init_state`` given) is ``fn(params, activations, state, *, axis_name, **hyper,
+        modulation=None) -> (updates, state)``, ``state`` a dict of arrays.
+      hyper: names of the hyper-parameters ``fn`` takes as keywords.
+      given_y: the rule uses the block's activation (its output before pooling) as ``y``;
+        otherwise it computes its own post-synaptic signal from ``u`` (competitive rules).
+      init_state: ``init_state(num_neurons) -> state`` for a stateful rule.
+      output_shift: ``output_shift(state) -> array`` subtracted from ``u`` before the block's
+        activation when the block sets ``threshold_in_output`` (Miconi's ``u - theta``).
+      check: ``check(hyper, num_neurons) -> message or None``, run on the config before compute.
+    """
+
+    fn: Callable[..., Any]
+    hyper: tuple[str, ...] = ()
+    given_y: bool = False
+    init_state: Callable[[int], State] | None = None
+    output_shift: Callable[[State], Array] | None = None
+    check: Callable[[Mapping[str, Any], int], str | None] | None = None
+
+    def update(
+        self,
+        params: Params,
+        activations: Activations,
+        state: State | None,
+        *,
+        hyper: Mapping[str, Any],
+        axis_name: str | None = None,
+        modulation: Array | None = None,
+    ) -> tuple[Params, State | None]:
+        """``(updates, new_state)`` for any rule, stateful or not (``state`` passes through)."""
+        if self.init_state is None:
+            return self.fn(params, activations, **hyper, modulation=modulation), state
+        return self.fn(params, activations, state, axis_name=axis_name, **hyper, modulation=modulation)
+
+
+#: name -> :class:`RuleSpec`. Add entries with :func:`register_rule`.
+RULES: dict[str, RuleSpec] = {}
+
+#: Block ``rule`` values that are not Hebbian rules: trained by backprop, or frozen.
+NOT_HEBBIAN = ("bp", "none")
+
+
+def register_rule(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    hyper: tuple[str, ...] = (),
+    given_y: bool = False,
+    init_state: Callable[[int], State] | None = None,
+    output_shift: Callable[[State], Array] | None = None,
+    check: Callable[[Mapping[str, Any], int], str | None] | None = None,
+    replace: bool = False,
+) -> RuleSpec:
+    """Register ``fn`` under ``name`` (see :class:`RuleSpec`); returns the entry."""
+    if name in NOT_HEBBIAN:
+        raise ValueError(f"name: {name!r} is reserved (blocks trained by backprop / frozen)")
+    if name in RULES and not replace:
+        raise ValueError(f"name: a rule {name!r} is already registered; pass replace=True to replace it")
+    spec = RuleSpec(fn, tuple(hyper), given_y, init_state, output_shift, check)
+    RULES[name] = spec
+    return spec
+
+
+def _sparse_topk(params, activations, state, *, axis_name=None, **kwargs):
+    updates, new = sparse_topk(params, activations, SparseTopKState(**state), axis_name=axis_name, **kwargs)
+    return updates, new._asdict()
+
+
+def _in_range(name: str, low: int, high_name: str = "channels"):
+    def check(hyper: Mapping[str, Any], num_neurons: int) -> str | None:
+        value = hyper[name]
+        if isinstance(value, int) and low <= value <= num_neurons:
+            return None
+        return f"{name}: expected an int with {low} <= {name} <= {high_name} ({num_neurons}), got {value!r}"
+
+    return check
+
+
+register_rule("hebb", hebb, given_y=True)
+register_rule("instar", instar, given_y=True)
+register_rule("oja", oja, given_y=True)
+register_rule("softhebb", softhebb, hyper=("t_invert",))
+register_rule("soft_wta", soft_wta, hyper=("t_invert",))
+register_rule("hard_wta", hard_wta)
+register_rule("krotov", krotov, hyper=("rank", "delta"), check=_in_range("rank", 2))
+register_rule(
+    "sparse_topk",
+    _sparse_topk,
+    hyper=("k", "homeostasis_rate"),
+    init_state=lambda n: {"threshold": jnp.zeros((n,), jnp.float32)},
+    output_shift=lambda state: state["threshold"],
+    check=_in_range("k", 1),
+)

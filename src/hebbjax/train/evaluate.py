@@ -1,0 +1,53 @@
+"""Evaluation, separate from training: frozen features, predictions, accuracy.
+
+Every function maps a row-wise network function over a :class:`~hebbjax.train.sources.Source`
+in batches of ``batch_size`` (data-parallel over the mesh); the source decides whether its rows
+are on the device or streamed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from hebbjax.train.sources import Source
+from hebbjax.train.steps import Inputs
+
+
+def _features(variables: Any, x: jax.Array, *, model: nn.Module, inputs: Inputs) -> jax.Array:
+    f = model.apply(variables, inputs(x), classify=False)
+    return f.reshape(f.shape[0], -1)
+
+
+def _predict(variables: Any, x: jax.Array, *, model: nn.Module, inputs: Inputs) -> jax.Array:
+    return jnp.argmax(model.apply(variables, inputs(x)), -1)
+
+
+def _classify(params: Any, x: jax.Array, *, classifier: nn.Module) -> jax.Array:
+    return jnp.argmax(classifier.apply({"params": params}, x), -1)
+
+
+def features(model: nn.Module, variables: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs) -> tuple[Any, Any]:
+    """``(features, labels)``: the block stack's output for every row (evaluation mode), flattened."""
+    return source.map(functools.partial(_features, model=model, inputs=inputs), variables, batch_size, mesh)
+
+
+def predict(model: nn.Module, variables: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs) -> tuple[Any, Any]:
+    """``(predicted classes, labels)`` of the whole network (evaluation mode)."""
+    return source.map(functools.partial(_predict, model=model, inputs=inputs), variables, batch_size, mesh)
+
+
+def classify(classifier: nn.Module, params: Any, source: Source, *, batch_size: int, mesh: Mesh) -> tuple[Any, Any]:
+    """``(predicted classes, labels)`` of the classifier alone, on a source of cached features."""
+    return source.map(functools.partial(_classify, classifier=classifier), params, batch_size, mesh)
+
+
+def accuracy(predicted: Any, labels: Any) -> float:
+    """Fraction of rows classified correctly."""
+    return float(np.mean(np.asarray(predicted) == np.asarray(labels)))

@@ -1,0 +1,157 @@
+"""The protocol as data: a training mode is a list of phases; :func:`fit` runs them in order.
+
+* ``successive`` (SoftHebb's default): one :class:`Hebbian` phase per Hebbian block, in order,
+  then the readout;
+* ``consecutive``: one :class:`Hebbian` phase training every Hebbian block together, then the
+  readout;
+* ``simultaneous``: one :class:`Supervised` phase in which the Hebbian blocks learn by their rules
+  on the batches the classifier is trained on.
+
+The readout is :class:`Readout` (the classifier on features computed once) when the features are
+fixed (no augmentation, no backprop block, both splits on the device), else :class:`Supervised`.
+``training.method`` only changes the blocks (:func:`hebbjax.config.resolve`): ``bp`` has no Hebbian
+block, so its protocol is one :class:`Supervised` phase; ``random`` only the readout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import jax
+import optax
+
+from hebbjax.train import build
+from hebbjax.train.sources import Source
+from hebbjax.train.steps import hebbian_step, readout_step, supervised_step
+
+if TYPE_CHECKING:
+    from hebbjax.train.fit import Context
+
+
+@dataclasses.dataclass(frozen=True)
+class Hebbian:
+    """Unsupervised epochs updating the Hebbian ``blocks`` together, one update per mini-batch."""
+
+    blocks: tuple[int, ...]
+    timing: ClassVar[str] = "unsupervised"
+
+    @property
+    def name(self) -> str:
+        return f"hebbian blocks {list(self.blocks)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Readout:
+    """The linear classifier on the frozen network's features, computed once at the phase's start."""
+
+    name: ClassVar[str] = "readout"
+    timing: ClassVar[str] = "readout"
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervised:
+    """End-to-end supervised epochs: the classifier and the ``bp`` blocks by Adam on the
+    cross-entropy; the ``hebbian`` blocks (simultaneous mode) by their rules on the same batches."""
+
+    hebbian: tuple[int, ...] = ()
+    name: ClassVar[str] = "supervised"
+    timing: ClassVar[str] = "readout"
+
+
+Phase = Hebbian | Readout | Supervised
+
+
+def _readout(cached: bool) -> list[Phase]:
+    return [Readout()] if cached else [Supervised()]
+
+
+#: training.mode -> phases(Hebbian blocks, readout on cached features?)
+MODES: dict[str, Callable[[tuple[int, ...], bool], list[Phase]]] = {
+    "successive": lambda plastic, cached: [Hebbian((i,)) for i in plastic] + _readout(cached),
+    "consecutive": lambda plastic, cached: ([Hebbian(plastic)] if plastic else []) + _readout(cached),
+    "simultaneous": lambda plastic, cached: [Supervised(hebbian=plastic)],
+}
+
+
+class Plan(NamedTuple):
+    """How a phase runs: its step, the source it reads, and its optimisers' initial states."""
+
+    step: Callable
+    source: Source | None
+    batch_size: int
+    epochs: int
+    init_optimisers: Callable[[Any], tuple[Any, Any]]  # params -> (opt, sup_opt)
+
+
+def halving_schedule(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """SoftHebb's ``CustomStepLR``: halve at epochs ``int(n * f)``, f in {.2,.35,.5,.6,.7,.8,.9} for
+    n >= 50, f in {.5,.75} for 20 <= n < 50, no decay below 20 epochs."""
+    if epochs >= 50:
+        fractions = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
+    elif epochs >= 20:
+        fractions = (0.5, 0.75)
+    else:
+        fractions = ()
+    boundaries: dict[int, float] = {}
+    for f in fractions:
+        step = int(epochs * f) * steps_per_epoch
+        boundaries[step] = boundaries.get(step, 1.0) * 0.5
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def readout_optimiser(ctx: Context) -> optax.GradientTransformation:
+    """Adam at training.readout_lr, halved on SoftHebb's schedule (``readout_schedule: halving``)."""
+    t = ctx.cfg.training
+    steps_per_epoch = ctx.train.num_examples // t.readout_batch_size
+    lr = halving_schedule(t.readout_lr, t.readout_epochs, steps_per_epoch) if t.readout_schedule == "halving" else t.readout_lr
+    return optax.adam(lr)
+
+
+def _hebbian_parts(ctx: Context, blocks: tuple[int, ...], total_steps: int) -> tuple[dict, dict]:
+    """Bound rules and optax chains of ``blocks`` for a phase of ``total_steps`` steps."""
+    configs = ctx.cfg.model.blocks
+    rules = {i: build.bound_rule(configs[i]) for i in blocks}
+    transforms = {i: build.transform(configs[i], total_steps, ctx.masks.get(i)) for i in blocks}
+    return rules, transforms
+
+
+def _layer_states(transforms: dict, params: Any) -> dict:
+    return {f"block_{i}": tx.init(params[f"block_{i}"]["layer"]) for i, tx in transforms.items()}
+
+
+def plan(ctx: Context, phase: Phase, features: Source | None = None) -> Plan:
+    """The :class:`Plan` of ``phase``; a :class:`Readout` reads ``features`` (cached)."""
+    t = ctx.cfg.training
+    if isinstance(phase, Hebbian):
+        rules, transforms = _hebbian_parts(ctx, phase.blocks, t.unsup_epochs * (ctx.unsup.num_examples // t.unsup_batch_size))
+        step = functools.partial(hebbian_step, model=ctx.model, rules=rules, transforms=transforms, inputs=ctx.unsup_inputs)
+        return Plan(step, ctx.unsup, t.unsup_batch_size, t.unsup_epochs, lambda params: (_layer_states(transforms, params), ()))
+    tx = readout_optimiser(ctx)
+    if isinstance(phase, Readout):
+        step = functools.partial(readout_step, classifier=ctx.classifier, tx=tx)
+        return Plan(step, features, t.readout_batch_size, t.readout_epochs, lambda params: ({}, tx.init(params["classifier"])))
+    bp = tuple(i for i, b in enumerate(ctx.cfg.model.blocks) if b.rule == "bp")
+    rules, transforms = _hebbian_parts(ctx, phase.hebbian, t.readout_epochs * (ctx.train.num_examples // t.readout_batch_size))
+    step = functools.partial(supervised_step, model=ctx.model, tx=tx, train_blocks=tuple(sorted(set(bp) | set(phase.hebbian))),
+                             rules=rules, transforms=transforms, inputs=ctx.inputs)
+    return Plan(step, ctx.train, t.readout_batch_size, t.readout_epochs, lambda params: (_layer_states(transforms, params), tx.init(params)))
+
+
+def phase_keys(seed: int, phases: int) -> tuple[jax.Array, jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """``(init key, pruning-mask key, [(step key, order key) per phase])`` of a run.
+
+    RBG keys: the same statistical quality for init, shuffling and dropout, and XLA compiles them
+    in a fraction of threefry's time on CPU (threefry dominated the compile time of small runs).
+    """
+    root = jax.random.key(seed, impl="rbg")
+    k_init, k_mask, root = jax.random.split(root, 3)
+    keys = []
+    for _ in range(phases):
+        root, k_step = jax.random.split(root)
+        root, k_order = jax.random.split(root)
+        keys.append((k_step, k_order))
+    return k_init, k_mask, keys
+
