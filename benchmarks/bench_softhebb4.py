@@ -26,8 +26,11 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from hebbjax.config import Config, conv_out, parse_pool, to_dataclass
+from hebbjax.data import Dataset
 from hebbjax.run import CONF_DIR
-from hebbjax.train import ArrayData, Trainer
+from hebbjax.train import Data, DeviceSource, Readout, evaluate, init_state, run_epochs, run_phase, setup
+from hebbjax.train.loop import counted
+from hebbjax.train.protocol import plan
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -93,16 +96,16 @@ def main() -> None:
     print(f"float32 matmul 4096^3: {peak:.0f} GFLOP/s; forward {fwd_flop / 1e9:.2f} GFLOP/image, unsupervised step ~2x that")
 
     def data(n):
-        return ArrayData(rng.uniform(size=(n, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
+        return Dataset(rng.uniform(size=(n, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
 
-    # -- unsupervised: all blocks plastic, one update per mini-batch
+    # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     unsup = {}
     for bs in (int(b) for b in args.batches.split(",")):
         n = max(args.images // bs, 1) * bs
-        c = with_training(cfg, unsup_batch_size=bs)
-        trainer = Trainer(c, data(n), data(bs), progress=False)
-        trainer.train_hebbian([0, 1, 2], 1)  # compile
-        sec = timed(lambda: trainer.train_hebbian([0, 1, 2], 1), args.repeats)
+        ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=bs), Data(data(n), data(bs)), progress=False)
+        state = init_state(ctx)
+        jax.block_until_ready(run_phase(ctx, 0, state).params)  # compiles
+        sec = timed(lambda: jax.block_until_ready(run_phase(ctx, 0, state).params), args.repeats)
         ips = n / sec
         unsup[bs] = ips
         print(f"unsupervised, 3 blocks plastic, batch {bs:4d}: {ips:7.1f} images/s  ({2 * fwd_flop * ips / 1e9:6.1f} GFLOP/s, {2 * fwd_flop * ips / 1e9 / peak:.0%} of matmul)")
@@ -110,22 +113,31 @@ def main() -> None:
 
     # -- frozen features
     n = args.feature_images
-    fcfg = with_training(cfg, eval_batch_size=args.eval_batch)
-    trainer = Trainer(fcfg, data(args.eval_batch), data(args.eval_batch), progress=False)
-    images = jnp.asarray(data(n).images)
-    jax.block_until_ready(trainer.features(images))
-    sec = timed(lambda: jax.block_until_ready(trainer.features(images)), args.repeats)
+    ctx = setup(with_training(cfg, eval_batch_size=args.eval_batch), Data(data(args.eval_batch), data(args.eval_batch)), progress=False)
+    state = init_state(ctx)
+    images = DeviceSource.place(data(n), ctx.mesh)
+    extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=args.eval_batch,
+                                                              mesh=ctx.mesh, inputs=ctx.inputs)[0])
+    extract()
+    sec = timed(extract, args.repeats)
     fips = n / sec
     out["feature_images_per_second"] = round(fips, 1)
     print(f"feature extraction, batch {args.eval_batch}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
 
-    # -- readout epoch on cached features
+    # -- readout epoch on cached features (the readout phase's own step and loop)
     n = args.readout_images
-    feats = jnp.asarray(rng.normal(size=(n, 24576)).astype(np.float32))
-    labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    rtrainer = Trainer(with_training(cfg, readout_epochs=1), data(n), data(10), progress=False)
-    rtrainer.train_readout_on_features(feats, labels)  # compile
-    sec = timed(lambda: rtrainer.train_readout_on_features(feats, labels), args.repeats)
+    ctx = setup(with_training(cfg, readout_epochs=1), Data(data(n), data(10)), progress=False)
+    state = init_state(ctx)
+    features = DeviceSource.place(Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10), ctx.mesh)
+    how = plan(ctx, Readout(), features)
+    opt, sup_opt = how.init_optimisers(state.params)
+    start = state.at(len(ctx.phases) - 1, jax.random.key(0, impl="rbg"), opt, sup_opt)
+    runner = features.runner(counted(how.step, n // how.batch_size), ctx.mesh)
+    readout = lambda: jax.block_until_ready(run_epochs(how.step, start, features, name="readout", batch_size=how.batch_size, epochs=1,
+                                                       key=jax.random.key(1, impl="rbg"), mesh=ctx.mesh,
+                                                       steps_per_chunk=cfg.training.steps_per_chunk, runner=runner).params)
+    readout()  # compile
+    sec = timed(readout, args.repeats)
     out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)
     print(f"readout epoch on cached features (batch 64): {sec * 50000 / n:6.2f} s per 50k images ({n / sec:.0f} images/s)")
     print(json.dumps(out))

@@ -6,7 +6,7 @@ repeats, after one warm-up pass that compiles:
 
 - the host stream alone: ``hebbjax.data.stream`` reading + decoding uint8 batches, images/s;
 - the unsupervised phase (both blocks plastic, batch 10) with the images on the device
-  (``ArrayData``) and streamed in chunks copied ahead of the step (``StreamData``), images/s,
+  (``DeviceSource``) and streamed in chunks copied ahead of the step (``StreamSource``), images/s,
   and their ratio (1.0 = the step never waits on the host).
 
     python benchmarks/bench_streaming.py [--images 10000] [--repeats 3]
@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from hebbjax.config import to_dataclass
 from hebbjax.data import load, stream
 from hebbjax.run import CONF_DIR
-from hebbjax.train import ArrayData, StreamData, Trainer
+from hebbjax.train import Data, StreamSource, init_state, run_phase, setup
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def main() -> None:
     batch = cfg.training.unsup_batch_size
 
     train = load("fashion_mnist", "train", dtype="uint8")
-    on_device = ArrayData(train.images[:n], train.labels[:n], 10, train.normalization)
-    streamed = StreamData.from_stream("fashion_mnist", "train", limit=n)
+    on_device = dataclasses.replace(train, images=train.images[:n], labels=train.labels[:n])
+    streamed = StreamSource.from_stream("fashion_mnist", "train", limit=n)
 
     def host_only() -> float:
         start = time.perf_counter()
@@ -55,11 +55,12 @@ def main() -> None:
         return count / (time.perf_counter() - start)
 
     def hebbian(source) -> float:
-        trainer = Trainer(cfg, source, on_device, progress=False)
-        trainer.train_hebbian(trainer.hebbian_blocks, 1)  # compiles
-        before = trainer.timings["unsupervised"]
-        trainer.train_hebbian(trainer.hebbian_blocks, 1)
-        return (n // batch) * batch / (trainer.timings["unsupervised"] - before)
+        ctx = setup(cfg, Data(source, on_device), progress=False)
+        state = init_state(ctx)
+        jax.block_until_ready(run_phase(ctx, 0, state).params)  # compiles
+        start = time.perf_counter()
+        jax.block_until_ready(run_phase(ctx, 0, state).params)
+        return (n // batch) * batch / (time.perf_counter() - start)
 
     results: dict[str, list[float]] = {"host_stream": [], "device": [], "streamed": []}
     for _ in range(args.repeats):

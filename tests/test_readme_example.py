@@ -1,6 +1,5 @@
-"""The README's "use a rule in your own JAX code" example, kept runnable.
-
-The code between the two marker comments is meant to be pasted into README.md as is.
+"""The README's examples ("use a rule in your own JAX code", "a trained network in your own
+code"), kept runnable: the code between each pair of marker comments is in README.md as is.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ import numpy as np
 
 
 def test_readme_example():
-    # --- README example start ---
+    # --- README example start: rules ---
     import jax
     import numpy as np
     import optax
@@ -47,11 +46,42 @@ def test_readme_example():
     assert np.any(step > 0)
 
 
-def test_readme_shows_this_example_verbatim():
+def test_readme_load_model_example(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from hebbjax.config import to_dataclass
+    from hebbjax.run import CONF_DIR, run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = to_dataclass(compose(config_name="config", overrides=["logging.progress=false", "training.readout_epochs=3"]))
+    run_dir = tmp_path / "run"
+    results = run(cfg, run_dir)  # what `python -m hebbjax.run training.readout_epochs=3` writes
+
+    # --- README example start: load_model ---
+    import jax.numpy as jnp
+
+    import hebbjax
+    from hebbjax.data import load
+
+    network, variables = hebbjax.load_model(run_dir)  # run_dir: the folder a run wrote, outputs/default/<date>
+    test = load("digits", "test")  # images as the run's dataset gives them (float32, NHWC)
+    features = network.apply(variables, test.images, classify=False)  # the trained blocks' output
+    predicted = jnp.argmax(network.apply(variables, test.images), -1)  # the classifier's decisions
+    print(f"test accuracy {jnp.mean(predicted == test.labels):.4f}")
+    # --- README example end ---
+
+    assert features.shape == (450, 2, 2, 128)  # the digits network's last block
+    assert round(float(jnp.mean(predicted == test.labels)) * 450) == round(results["test_accuracy"] * 450) > 225
+
+
+def test_readme_shows_these_examples_verbatim():
+    import re
     import textwrap
     from pathlib import Path
 
     here = Path(__file__).read_text()
-    example = here.split("# --- README example start ---\n")[1].split("    # --- README example end ---")[0]
+    examples = re.findall(r"# --- README example start: \w+ ---\n(.*?)    # --- README example end ---", here, re.S)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert textwrap.dedent(example).strip() in readme
+    assert len(examples) == 2
+    for example in examples:
+        assert textwrap.dedent(example).strip() in readme

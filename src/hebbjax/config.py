@@ -264,7 +264,8 @@ def _check_rule(key: str, b: BlockConfig) -> None:
     if b.rule not in RULES:
         raise ConfigError(f"{key}.rule: expected one of {sorted(RULES) + list(NOT_HEBBIAN)}, got {b.rule!r}")
     spec = RULES[b.rule]
-    message = spec.check(rule_hyper(b, key), b.channels) if spec.check is not None else None
+    hyper = rule_hyper(b, key)
+    message = spec.check(hyper, b.channels) if spec.check is not None else None
     if message:
         raise ConfigError(f"{key}.{message}")
 

@@ -33,19 +33,25 @@ def _classify(params: Any, x: jax.Array, *, classifier: nn.Module) -> jax.Array:
     return jnp.argmax(classifier.apply({"params": params}, x), -1)
 
 
+@functools.lru_cache(maxsize=64)
+def _bound(fn: Any, **static: Any) -> Any:
+    """One function object per (fn, static arguments): its compiled batched form is then reused."""
+    return functools.partial(fn, **static)
+
+
 def features(model: nn.Module, variables: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs) -> tuple[Any, Any]:
     """``(features, labels)``: the block stack's output for every row (evaluation mode), flattened."""
-    return source.map(functools.partial(_features, model=model, inputs=inputs), variables, batch_size, mesh)
+    return source.map(_bound(_features, model=model, inputs=inputs), variables, batch_size, mesh)
 
 
 def predict(model: nn.Module, variables: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs) -> tuple[Any, Any]:
     """``(predicted classes, labels)`` of the whole network (evaluation mode)."""
-    return source.map(functools.partial(_predict, model=model, inputs=inputs), variables, batch_size, mesh)
+    return source.map(_bound(_predict, model=model, inputs=inputs), variables, batch_size, mesh)
 
 
 def classify(classifier: nn.Module, params: Any, source: Source, *, batch_size: int, mesh: Mesh) -> tuple[Any, Any]:
     """``(predicted classes, labels)`` of the classifier alone, on a source of cached features."""
-    return source.map(functools.partial(_classify, classifier=classifier), params, batch_size, mesh)
+    return source.map(_bound(_classify, classifier=classifier), params, batch_size, mesh)
 
 
 def accuracy(predicted: Any, labels: Any) -> float:

@@ -11,6 +11,7 @@ from the newest complete one, bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any, NamedTuple
 
@@ -23,12 +24,15 @@ from hebbjax.data.loading import Dataset
 from hebbjax.nn import Classifier, HebbianNetwork
 from hebbjax.train import build, evaluate, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
-from hebbjax.train.loop import Progress, run_epochs, stop_if_not_finite
+from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
 from hebbjax.train.parallel import AXIS, check_batch, make_mesh, replicate
 from hebbjax.train.protocol import MODES, Hebbian, Phase, Readout, phase_keys, plan
 from hebbjax.train.sources import DeviceSource, Source, StreamSource, concat, place
 from hebbjax.train.state import TrainState
 from hebbjax.train.steps import Inputs
+
+
+log = logging.getLogger("hebbjax")
 
 
 class Data(NamedTuple):
@@ -62,6 +66,7 @@ class Context:
     shapes: tuple[tuple[int, ...], ...]  # block output shapes
     num_classes: int
     progress: bool = True
+    runners: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled chunk runners per phase, reused
 
 
 def _augmentation(names: list[str], options: Any) -> Any:
@@ -179,12 +184,17 @@ def run_phase(
     if int(state.phase) != p or int(state.step) == 0:
         state = begin(ctx, p, state)
     features = None
+    log.info("phase %d/%d (%s): %s", p + 1, len(ctx.phases), phase.name, "starting" if int(state.step) == 0 else f"resuming at step {int(state.step)}")
     if isinstance(phase, Readout):
+        log.info("%s: extracting the features of %d images", phase.name, ctx.train.num_examples + ctx.test.num_examples)
         start = time.perf_counter()
         features = cache["features"] = cached_features(ctx, state)
         record.seconds["feature_extraction"] += time.perf_counter() - start
     how = plan(ctx, phase, features)
-    total = how.epochs * (how.source.num_examples // how.batch_size)
+    steps_per_epoch = how.source.num_examples // how.batch_size
+    total = how.epochs * steps_per_epoch
+    if p not in ctx.runners and steps_per_epoch > 0:
+        ctx.runners[p] = how.source.runner(counted(how.step, steps_per_epoch), ctx.mesh)
     first, start, before = int(state.step), time.perf_counter(), Record(dict(record.seconds), record.unsup_images)
 
     def progressed(done: int) -> Record:  # the record as of ``done`` steps of this phase
@@ -197,11 +207,13 @@ def run_phase(
         callbacks.append(lambda c: c.done < total and checkpoints.save(c.state, checkpoint_meta(ctx, p, c.done, total, progressed(c.done))))
     try:
         state = run_epochs(how.step, state, how.source, name=phase.name, batch_size=how.batch_size, epochs=how.epochs,
-                           key=ctx.keys[2][p][1], mesh=ctx.mesh, steps_per_chunk=t.steps_per_chunk, callbacks=callbacks)
+                           key=ctx.keys[2][p][1], mesh=ctx.mesh, steps_per_chunk=t.steps_per_chunk, callbacks=callbacks,
+                           runner=ctx.runners.get(p))
         jax.block_until_ready(state.params)
     finally:
         progress.close()
     done = progressed(total)
+    log.info("phase %d/%d (%s): %d steps in %.1f s", p + 1, len(ctx.phases), phase.name, total - first, time.perf_counter() - start)
     record.seconds, record.unsup_images = done.seconds, done.unsup_images
     if checkpoints is not None:
         checkpoints.save(state, checkpoint_meta(ctx, p, total, total, record), force=True)

@@ -17,6 +17,7 @@ draws it from the phase's key, and a stream reads the records in that order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol
@@ -30,6 +31,9 @@ from hebbjax.data.loading import Dataset
 from hebbjax.train.parallel import epoch_indices, map_batches, put_batches, replicate, scan_batches, scan_chunk
 
 CHUNK_BYTES = 64 * 2**20  # images of one streamed chunk on the host (and in flight to the device)
+
+# map_batches(fn, mesh, batch_size), compiled once per (fn, mesh, batch_size)
+_mapper = functools.lru_cache(maxsize=64)(map_batches)
 
 #: ``run(state, *chunk) -> (state, metrics)``: one compiled chunk of steps.
 Runner = Callable[..., tuple[Any, Any]]
@@ -93,7 +97,7 @@ class DeviceSource:
             yield (self.arrays, idx[c], valid[c]), valid_host[c]
 
     def map(self, fn, args, batch_size, mesh):
-        return map_batches(fn, mesh, batch_size)(args, self.arrays["x"]), self.arrays["y"]
+        return _mapper(fn, mesh, batch_size)(args, self.arrays["x"]), self.arrays["y"]
 
 
 def place(data: Dataset | StreamSource, mesh: Mesh, dtype: Any = jnp.float32) -> DeviceSource | StreamSource:
@@ -173,7 +177,7 @@ class StreamSource:
         n = self.num_examples
         stream = self.read(np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
         outputs: list[tuple[jax.Array, np.ndarray, int]] = []
-        run = map_batches(fn, mesh, batch_size)
+        run = _mapper(fn, mesh, batch_size)
         try:
             for images, labels in stream:
                 m = len(labels)
