@@ -62,6 +62,27 @@ def test_max_pool_gradient_goes_to_one_element_per_window_on_ties():
     np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
 
 
+def test_batchnorm_has_pytorch_semantics_unbiased_running_variance():
+    """PyTorch's BatchNorm2d(affine=False, momentum=0.1): normalise by the biased batch variance,
+    update the running variance with the unbiased one (n = batch x H x W values per channel)."""
+    from hebbjax.nn import BatchNorm
+
+    x = 3.0 * jax.random.normal(jax.random.key(0), (4, 5, 5, 3)) + jnp.array([1.0, -2.0, 0.5])
+    n = 4 * 5 * 5
+    variables = BatchNorm().init(jax.random.key(1), x)
+    np.testing.assert_array_equal(variables["batch_stats"]["var"], 1.0)  # PyTorch's initial running stats
+    y, updated = BatchNorm().apply(variables, x, mutable=["batch_stats"])
+    xs = np.asarray(x, np.float64)
+    mean, biased = xs.mean((0, 1, 2)), xs.var((0, 1, 2))
+    np.testing.assert_allclose(y, (xs - mean) / np.sqrt(biased + 1e-5), rtol=1e-5, atol=1e-5)
+    stats = updated["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * biased * n / (n - 1), rtol=1e-5)
+    # evaluation mode: the running statistics, nothing updated
+    y_eval = BatchNorm(use_running_average=True).apply(updated, x)
+    np.testing.assert_allclose(y_eval, (xs - 0.1 * mean) / np.sqrt(0.9 + 0.1 * biased * n / (n - 1) + 1e-5), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_layer_exposes_padded_input_and_preactivation():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     layer = HebbianConv(4, kernel_size=3, padding=1, padding_mode="reflect")

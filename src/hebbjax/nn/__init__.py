@@ -1,6 +1,7 @@
 """Flax modules: Hebbian layers and block-built networks (no config parsing here)."""
 
 from hebbjax.nn.layers import (
+    BatchNorm,
     Dropout,
     HebbianConv,
     HebbianDense,

@@ -110,6 +110,51 @@ max_pool_views.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+class BatchNorm(nn.Module):
+    """Affine-free batch normalisation with PyTorch's semantics (``BatchNorm2d(affine=False)``,
+    which SoftHebb puts before every block), over every axis but the last (channels).
+
+    Training: ``y = (x - m) / sqrt(v + eps)`` with the batch mean ``m`` and the biased batch
+    variance ``v`` over all ``n`` values per channel (batch x positions, on every device when
+    ``axis_name`` is set); the running statistics move by ``momentum`` towards ``m`` and towards
+    the *unbiased* variance ``v n / (n - 1)`` (flax's BatchNorm keeps the biased one). Evaluation
+    normalises with the running statistics. Variables ``batch_stats``: ``mean`` (init 0), ``var``
+    (init 1).
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), x.dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), x.dtype))
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            n = math.prod(x.shape[:-1])
+            mean = jnp.mean(x, axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(x - mean), axes)  # two passes: no cancellation
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+                n *= jax.lax.axis_size(self.axis_name)
+            if not self.is_initializing():
+                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * var * (n / max(n - 1, 1))
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+
+# ----------------------------------------------------------------------------------------------
 # Initialisers
 # ----------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.nn.layers import Dropout, torch_default_init, triangle
+from hebbjax.nn.layers import BatchNorm, Dropout, torch_default_init, triangle
 from hebbjax.rules.linear import Array
 
 
@@ -71,12 +71,8 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        if self.input_norm == "batchnorm":
-            # SoftHebb: BatchNorm2d(affine=False), PyTorch momentum 0.1 == Flax momentum 0.9.
-            x = nn.BatchNorm(
-                use_running_average=not train, use_bias=False, use_scale=False, momentum=0.9,
-                epsilon=1e-5, axis_name=self.axis_name, name="input_norm",
-            )(x)
+        if self.input_norm == "batchnorm":  # SoftHebb: BatchNorm2d(affine=False), PyTorch's semantics
+            x = BatchNorm(use_running_average=not train, axis_name=self.axis_name, name="input_norm")(x)
         elif self.input_norm == "standardize":
             x = standardize(x)
         elif self.input_norm != "none":
