@@ -130,7 +130,7 @@ def main() -> None:
     state = init_state(ctx)
     features = DeviceSource.place(Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10), ctx.mesh)
     how = plan(ctx, Readout(), features)
-    opt, sup_opt = how.init_optimisers(state.params)
+    opt, sup_opt = how.init_optimisers(state)
     start = state.at(len(ctx.phases) - 1, jax.random.key(0, impl="rbg"), opt, sup_opt)
     runner = features.runner(counted(how.step, n // how.batch_size), ctx.mesh)
     readout = lambda: jax.block_until_ready(run_epochs(how.step, start, features, name="readout", batch_size=how.batch_size, epochs=1,

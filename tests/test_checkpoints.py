@@ -184,6 +184,7 @@ def test_a_new_run_into_a_folder_with_checkpoints_is_refused(finished):
         run(_compose(*QUICK), run_dir)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax, after the failed read
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(finished, tmp_path):
     import shutil
 

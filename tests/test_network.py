@@ -93,6 +93,25 @@ def test_conv_layer_exposes_padded_input_and_preactivation():
     np.testing.assert_allclose(acts.u, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_dense_block_flattens_its_input_and_patch_sum_scales_the_whole_input():
+    """SoftHebb's MLP flattens the image before its dense layer; Holca-Lamarre's shallow network
+    scales each input to sum to A before its log-weight neurons."""
+    from hebbjax.nn import HebbianDense
+
+    x = jax.random.uniform(jax.random.key(0), (3, 4, 4, 2)) + 0.1
+    layer = HebbianDense(5, patch_sum_to=900.0, log_weight=True,
+                         kernel_init=lambda k, s, d=jnp.float32: jax.random.uniform(k, s, d) + 1.0)
+    variables = layer.init(jax.random.key(1), x)
+    acts = layer.apply(variables, x)
+    assert variables["params"]["kernel"].shape == (32, 5) and acts.x.shape == (3, 32)
+    flat = np.asarray(x, np.float64).reshape(3, -1) + 1e-5  # hebbianCNN's offset
+    np.testing.assert_allclose(acts.x, (900.0 - 32) * flat / flat.sum(-1, keepdims=True) + 1.0, rtol=1e-5)
+    blank = layer.apply(variables, jnp.zeros_like(x))  # a blank input becomes uniform, A / D everywhere
+    np.testing.assert_allclose(blank.x, 900.0 / 32, rtol=1e-5)
+    np.testing.assert_allclose(acts.u, acts.x @ jnp.log(variables["params"]["kernel"]), rtol=1e-5)
+    assert check_blocks([BlockConfig(layer="dense", channels=5, input_norm="patch_sum")], (4, 4, 2)) == [(5,)]
+
+
 def test_patch_sum_normalisation_and_log_weights():
     """Holca-Lamarre: every patch sums to A (after the +1 floor: (A - D) + D = A), u = x . log w."""
     x = jax.random.uniform(jax.random.key(0), (1, 6, 6, 1)) + 0.1
@@ -215,7 +234,7 @@ def test_halving_schedule_matches_softhebb_steps():
 
 
 B = BlockConfig
-#: Seed architectures (seed_algorithms.md 1.10, 2, 3) as block lists: input shape, blocks, the
+#: Seed architectures (SoftHebb's presets, Journé et al. ICLR 2023 appendix; Miconi 2021; Holca-Lamarre) as block lists: input shape, blocks, the
 #: classifier's input size the papers give.
 SEED_ARCHITECTURES = {
     "5SoftHebbCnnSTL": ((96, 96, 3), [
@@ -239,9 +258,9 @@ SEED_ARCHITECTURES = {
         B(channels=384, kernel=3, padding=1, rule="hard_wta", pool="max(4,2,1)"),
         B(channels=1536, kernel=3, padding=0, rule="hard_wta", pool="max(2,2,0)"),
     ], 6144),
-    # 2SoftMlpMNIST's dense layer on the flattened image, written as a conv whose kernel covers it.
+    # 2SoftMlpMNIST: a dense layer on the flattened image
     "2SoftMlpMNIST": ((28, 28, 1), [
-        B(channels=2000, kernel=28, padding=0, input_norm="none", rule="soft_wta", t_invert=12, lr=0.045, radius=35,
+        B(layer="dense", channels=2000, input_norm="none", rule="soft_wta", t_invert=12, lr=0.045, radius=35,
           lr_power=0.2, activation="softmax(5)"),
     ], 2000),
 }
@@ -250,8 +269,7 @@ SEED_ARCHITECTURES = {
 @pytest.mark.parametrize("name", list(SEED_ARCHITECTURES))
 def test_seed_architectures_are_block_lists_with_the_papers_classifier_sizes(name):
     shape, blocks, features = SEED_ARCHITECTURES[name]
-    h, w, c = check_blocks(blocks, shape)[-1]
-    assert h * w * c == features
+    assert math.prod(check_blocks(blocks, shape)[-1]) == features
     net = build_network(blocks, 10)
     out = jax.eval_shape(lambda x: net.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, classify=False)[0], jnp.zeros((2, *shape)))
     assert math.prod(out.shape[1:]) == features

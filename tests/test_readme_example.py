@@ -4,8 +4,6 @@ code"), kept runnable: the code between each pair of marker comments is in READM
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def test_readme_example():
     # --- README example start: rules ---

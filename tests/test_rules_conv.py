@@ -1,4 +1,5 @@
-"""A convolution is a dense layer applied to every input patch (seed_algorithms.md sections 1.6, 4).
+"""A convolution is a dense layer applied to every input patch (SoftHebb's ``hebbconv.delta_weight`` writes
+the weight-gradient convolution by hand; Journé et al., ICLR 2023).
 
 For every stride / dilation / padding mode / feature-group setting and for both conv
 implementations, the conv form of each rule must equal the dense form of the same rule (written

@@ -1,4 +1,5 @@
-"""Dopamine-gated (three-factor) plasticity, after Holca-Lamarre (seed_algorithms.md sections 3.3-3.4):
+"""Dopamine-gated (three-factor) plasticity, after Holca-Lamarre, Lücke & Obermayer
+("A Biology-Inspired Algorithm for Neural Function Approximation in Reinforcement Learning"; hebbianCNN):
 ``dw = sum_b d_b * (the rule's update for sample b alone)``, d_b looked up from
 (reward predicted, reward received) or mapped linearly from the reward-prediction error."""
 
@@ -131,3 +132,18 @@ def test_three_factor_with_a_stateful_rule_and_refuses_a_second_modulation(rng):
     np.testing.assert_allclose(state.threshold, ref_state.threshold, rtol=1e-6)
     with pytest.raises(ValueError, match="modulation"):
         three_factor(instar, TABLE)(w, acts, jnp.asarray(PREDICTED), jnp.asarray(RECEIVED), modulation=jnp.ones(8))
+
+
+def test_probabilities_give_the_expected_dopamine_and_out_of_range_values_are_refused():
+    """A probability of 0.3 is not "predicted": the dopamine of independent Bernoulli(p), Bernoulli(r)
+    draws, the bilinear interpolation of the table (equal to it at 0/1)."""
+    table = DopamineTable(unpredicted_reward=4.0, predicted_reward=0.5, no_reward=-0.25, omitted_reward=-1.0)
+    p = jnp.asarray([0.3, 0.0, 1.0, 0.5])
+    r = jnp.asarray([1.0, 0.2, 0.0, 0.5])
+    expected = [0.7 * 4.0 + 0.3 * 0.5, 0.8 * -0.25 + 0.2 * 4.0, -1.0, 0.25 * (4.0 + 0.5 - 0.25 - 1.0)]
+    np.testing.assert_allclose(dopamine_from_table(p, r, table), expected, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda p, r: dopamine_from_table(p, r, table))(p, r), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^predicted: expected booleans, 0/1 or probabilities in \[0, 1\], got values in \[0.0, 2.0\]"):
+        dopamine_from_table(jnp.asarray([0.0, 2.0]), jnp.asarray([1, 0]))
+    with pytest.raises(ValueError, match=r"^received: expected booleans"):
+        dopamine_from_table(jnp.asarray([True, False]), jnp.asarray([-1, 0]))

@@ -146,3 +146,31 @@ def test_under_jit_a_nan_input_gives_a_non_finite_update():
     poisoned = all_updates(W, jnp.asarray(x), CW, jnp.asarray(cx))
     for name, upd in poisoned.items():
         assert not np.all(np.isfinite(np.asarray(upd))), f"{name}: a NaN input gave a finite update"
+
+
+@pytest.mark.parametrize("rule", ["softhebb", "soft_wta", "hard_wta", "krotov", "sparse_topk"])
+def test_competitive_rules_refuse_a_y_they_would_ignore(rule):
+    from hebbjax import rules
+
+    acts = observe(Dense(), W, X, np.ones((8, 4), np.float32))
+    call = {
+        "sparse_topk": lambda: rules.sparse_topk(W, acts, sparse_topk_init(4)),
+        "krotov": lambda: rules.krotov(W, acts, rank=2),
+    }.get(rule, lambda: getattr(rules, rule)(W, acts))
+    with pytest.raises(ValueError, match=rf"^activations\.y: {rule} computes its post-synaptic signal from u"):
+        call()
+    # the rules that take y use it
+    assert not np.allclose(instar(W, acts), instar(W, observe(Dense(), W, X)))
+
+
+@pytest.mark.parametrize("loss", ["hebb_loss", "instar_loss", "oja_loss"])
+def test_surrogate_losses_check_shapes_like_the_rules(loss):
+    from hebbjax import rules
+
+    fn = getattr(rules, loss)
+    with pytest.raises(ValueError, match=r"^y: expected the shape of the pre-activation u, \(8, 4\), got shape \(6, 4\)"):
+        fn(W, X, np.ones((6, 4), np.float32), linear=Dense())
+    with pytest.raises(ValueError, match=r"^x: .*last axis 5"):
+        fn(W, np.ones((8, 6), np.float32), np.ones((8, 4), np.float32), linear=Dense())
+    with pytest.raises(TypeError, match=r"^kernel: .*floating"):
+        fn(W.astype(np.int32), X, np.ones((8, 4), np.float32), linear=Dense())

@@ -1,5 +1,5 @@
-"""The seeds' update post-processing as optax transformations (seed_algorithms.md sections 1.5, 1.7,
-2.3, 3.3). Per-neuron operations act on the last axis of every leaf with ndim >= 2."""
+"""The seeds' update post-processing as optax transformations (SoftHebb, Journé et al. ICLR 2023;
+Miconi 2021; Holca-Lamarre's hebbianCNN). Per-neuron operations act on the last axis of every leaf with ndim >= 2."""
 
 from __future__ import annotations
 
@@ -148,20 +148,35 @@ def test_clip_positive():
     w = jnp.asarray([[1.0, 2.0], [0.5, 3.0]])
     dw = jnp.asarray([[-2.0, 0.5], [-0.4, -3.0]])
     _, new = _apply(clip_positive(1e-3), {"k": w}, {"k": dw})
-    np.testing.assert_allclose(new["k"], [[1e-3, 2.5], [0.1, 1e-3]], rtol=1e-4)
+    # clipped weights: the nearest float at or above the bound that w + dw reaches (one float
+    # spacing of w: 2.4e-7 at w = 3)
+    np.testing.assert_allclose(new["k"], [[1e-3, 2.5], [0.1, 1e-3]], rtol=1e-4, atol=2.5e-7)
+    assert np.all(np.asarray(new["k"]) >= np.float32(1e-3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN ISSUE (left alone): projections are returned as deltas, so apply_updates computes "
-    "w + (max(w + dw, m) - w), which rounds to exactly 0 in float32 when m is tiny next to w "
-    "(default m = 1e-10; Holca-Lamarre's weights are ~38). Needs a design change, not a one-liner.",
-)
 def test_clip_positive_keeps_weights_strictly_positive_after_apply_updates():
+    """w + (max(w + dw, m) - w) rounds to exactly 0 in float32 when m is tiny next to w (m = 1e-10,
+    Holca-Lamarre's weights ~38); the projection corrects the delta, so log(w) stays finite."""
     w = {"k": jnp.asarray([[38.5, 2.0], [1.0, 0.5]])}
     dw = {"k": jnp.asarray([[-40.0, 0.1], [-2.0, -0.6]])}
     _, new = _apply(clip_positive(), w, dw)
-    assert np.all(np.asarray(new["k"]) > 0), new["k"]
+    assert np.all(np.asarray(new["k"]) >= 1e-10), new["k"]
+    assert np.all(np.isfinite(np.log(np.asarray(new["k"]))))
+    # weights that stay above the bound take their step as before
+    np.testing.assert_allclose(np.asarray(new["k"])[0, 1], 2.1, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new["k"])[1, 0], 1e-10, rtol=0, atol=1e-7)  # at most one float above the bound
+
+
+def test_clip_positive_holds_for_every_float32_weight_scale():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(np.exp(rng.uniform(-20, 10, (64, 64))).astype(np.float32))
+    dw = -2.0 * w * jnp.asarray(rng.uniform(0.4, 1.0, (64, 64)).astype(np.float32))  # many land below zero
+    for m in (1e-10, 1e-6, 0.5):
+        _, new = _apply(clip_positive(m), {"k": w}, {"k": dw})
+        assert float(jnp.min(new["k"])) >= np.float32(m)
+        clipped = np.asarray(w + dw) < m
+        assert clipped.any() and (~clipped).any()
+        np.testing.assert_allclose(np.asarray(new["k"])[~clipped], np.asarray(w + dw)[~clipped], rtol=1e-6)
 
 
 def test_skip_nonpositive_neurons():

@@ -1,6 +1,6 @@
 """Each plasticity rule against a hand-written numpy reference on small dense examples.
 
-Notation (seed_algorithms.md sections 1.5, 2.2, 4): x_b input of sample b, w_j column j of the
+Notation (Journé et al., ICLR 2023; Miconi 2021, arXiv 2107.01729): x_b input of sample b, w_j column j of the
 (in, out) kernel, u_bj = <x_b, w_j>, y_bj the post-synaptic signal. Every rule is
 ``dw_j = sum_b y_bj x_b - (sum_b r_bj) w_j`` with r = 0 (Hebb), y (instar), y^2 (Oja), y*u
 (SoftHebb family).

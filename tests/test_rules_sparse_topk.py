@@ -1,4 +1,4 @@
-"""Miconi's sparse plasticity (seed_algorithms.md section 2.3): binary top-k over neurons of
+"""Miconi's sparse plasticity (Miconi 2021, arXiv 2107.01729; its HebbGrad_Github notebook): binary top-k over neurons of
 ``u - theta``, instar update, homeostatic thresholds ``theta += rate * (firing rate - k / N)``."""
 
 from __future__ import annotations

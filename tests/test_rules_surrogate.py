@@ -1,4 +1,4 @@
-"""Miconi's formulation (seed_algorithms.md section 2.2): gradient descent on a surrogate loss is the
+"""Miconi's formulation (Miconi 2021, arXiv 2107.01729; its HebbGrad_CheckHebb notebook): gradient descent on a surrogate loss is the
 Hebbian rule, ``-jax.grad(loss) == rule``, for dense layers and for convolutions."""
 
 from __future__ import annotations

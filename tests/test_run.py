@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -41,6 +43,36 @@ def test_stl10_and_imagenet_experiments_compose_with_their_unsupervised_data(nam
     else:  # ImageNet_1160 -> ImageNet_200aug160
         assert cfg.data.limit_unsup == 128116 and cfg.data.unsup_augment == ["resized_crop", "flip"]
         assert cfg.data.placement == "auto" and cfg.training.readout_epochs == 200
+
+
+@pytest.mark.parametrize("name, data", [("mnist_softhebb_mlp", "mnist"), ("fmnist_softhebb_mlp", "fashion_mnist")])
+def test_softhebb_mlp_experiments_compose_as_the_2softmlpmnist_preset(name, data):
+    cfg = to_dataclass(_compose(f"+experiment={name}"))
+    (block,) = cfg.model.blocks
+    assert cfg.data.name == data and block.layer == "dense" and block.input_norm == "none" and block.rule == "soft_wta"
+    assert (block.channels, block.t_invert, block.lr, block.lr_power, block.radius) == (2000, 12.0, 0.045, 0.2, 35.0)
+    assert check_config(cfg, (28, 28, 1)) == [(2000,)] and cfg.model.classifier_dropout == 0.0
+
+
+def test_the_repository_cites_papers_not_files_outside_it():
+    """Docstrings, tests and docs name papers (and code), never the team's notes beside the repository."""
+    import re
+
+    outside = re.compile(r"seed_algorithms\.md|performance_notes\.md|field_survey\.md|shared/reference")
+    files = [p for d in ("src", "tests", "benchmarks", "conf", "experiments") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md", ".yaml")]
+    files.append(ROOT / "README.md")
+    assert len(files) > 50
+    offending = [str(p.relative_to(ROOT)) for p in files if p != Path(__file__) and outside.search(p.read_text())]
+    assert offending == []
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_passes_every_check_before_data(name):
+    from hebbjax.config import check
+
+    cfg = to_dataclass(_compose(f"+experiment={name}"))
+    assert cfg.experiment == name
+    check(cfg)  # dataset, shapes from its registered image shape, rules, reward keys, augmentation
 
 
 def test_unknown_key_is_an_error_naming_the_key():
@@ -101,6 +133,12 @@ def test_multirun_writes_results_json_per_seed_and_prints_summary_last(tmp_path)
     last = proc.stdout.strip().splitlines()[-1]
     assert last == f"default seed=1: test_accuracy={results[1]['test_accuracy']:.4f} train_accuracy={results[1]['train_accuracy']:.4f} " \
         f"total={results[1]['seconds']['wall_total']:.1f}s unsup={results[1]['unsupervised_images_per_second']:.0f} img/s"
+    # job folders are named by the overrides that change results, not by logging/checkpoint keys
+    assert sorted(p.parent.name for p in paths) == ["data.limit_train=400,seed=0,training.mode=consecutive,training.readout_epochs=5",
+                                                     "data.limit_train=400,seed=1,training.mode=consecutive,training.readout_epochs=5"]
+    # each job's log file has the phases and the summary line
+    log = (paths[1].parent / "run.log").read_text()
+    assert "phase 1/2 (hebbian blocks [0, 1]): starting" in log and last in log
 
 
 def test_bad_override_fails_before_compute(tmp_path):
@@ -194,3 +232,78 @@ def test_stl10_hebbian_phase_reads_the_unlabelled_split(prepared, tmp_path, monk
     assert res["streamed"] is False
     assert (res["train_samples"], res["test_samples"], res["unsup_samples"]) == (12, 6, 20)
     assert res["seconds"]["unsupervised"] > 0
+
+
+# --------------------------------------------------------------------------- sharp edges (issue 2/6)
+
+def _run_digits(tmp_path, *overrides):
+    from hebbjax.run import run
+
+    return run(to_dataclass(_compose(*QUICK, *overrides)), tmp_path / "out")
+
+
+def test_zero_epochs_of_any_phase_run_and_a_readout_free_run_reports_no_accuracy(tmp_path):
+    res = _run_digits(tmp_path / "a", "training.readout_epochs=0")
+    assert res["test_accuracy"] is None and res["train_accuracy"] is None and res["seconds"]["unsupervised"] > 0
+    assert json.loads((tmp_path / "a" / "out" / "results.json").read_text())["test_accuracy"] is None
+    res = _run_digits(tmp_path / "b", "training.readout_epochs=0", "training.method=bp")
+    assert res["test_accuracy"] is None and res["seconds"]["readout"] == 0
+    res = _run_digits(tmp_path / "c", "training.unsup_epochs=0")  # the readout on the blocks at their initialisation
+    assert res["unsupervised_images_per_second"] is None and 0.3 < res["test_accuracy"] <= 1.0
+    from hebbjax.run import summary
+
+    assert "no readout (training.readout_epochs=0)" in summary({**res, "test_accuracy": None, "seconds": {"wall_total": 1.0}})
+
+
+@pytest.mark.parametrize("overrides, phase", [(["training.readout_lr=1e38"], "readout"), (["training.readout_lr=nan"], "readout"),
+                                              (["training.readout_lr=1e38", "training.method=bp"], "supervised")])
+def test_a_diverging_readout_or_backprop_is_the_named_error(tmp_path, overrides, phase):
+    from hebbjax.train import NonFiniteUpdate
+
+    with pytest.raises(NonFiniteUpdate, match=rf"^{phase}: an update or loss was NaN/inf in epoch 0") as err:
+        _run_digits(tmp_path, *overrides)
+    leaves = jax.tree_util.tree_leaves(err.value.state.params)
+    assert leaves and all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in leaves)  # the last finite state
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_negative_hebbian_rate_needs_anti_hebbian_and_a_unit_norm_block_warns():
+    with pytest.raises(ConfigError, match=r"model\.blocks\[0\]\.lr: -1\.0 is negative.*set model\.blocks\[0\]\.anti_hebbian=true"):
+        check_config(to_dataclass(_compose("model.blocks.0.lr=-1")), (8, 8, 1))
+    check_config(to_dataclass(_compose("model.blocks.0.lr=-1", "model.blocks.0.anti_hebbian=true")), (8, 8, 1))
+    check_config(to_dataclass(_compose("model.blocks.0.lr=-1", "training.method=bp")), (8, 8, 1))  # not a Hebbian block then
+    with pytest.warns(UserWarning, match=r"model\.blocks\[1\]\.lr_schedule: 'norm' .*init: unit starts every neuron at norm 1"):
+        check_config(to_dataclass(_compose("model.blocks.1.init=unit")), (8, 8, 1))
+    with pytest.warns(UserWarning, match=r"unit_norm: true keeps every neuron at norm 1"):
+        check_config(to_dataclass(_compose("model.blocks.0.unit_norm=true")), (8, 8, 1))
+
+
+def test_a_wheel_install_runs_the_default_and_the_experiments_from_any_folder(tmp_path):
+    """The configs ship inside the package: built as a wheel and unpacked as pip installs it (its
+    dependencies from this environment), the command runs from an unrelated folder; a config
+    folder of the user's own joins through Hydra's search path."""
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("hebbjax-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "hebbjax" / "conf" / "experiment" / "fmnist_softhebb.yaml").is_file()
+    mine = tmp_path / "my_conf" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "tiny.yaml").write_text("# @package _global_\nexperiment: tiny\ntraining: {readout_epochs: 2}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), HEBBJAX_COMPILATION_CACHE="")
+    env.pop("HEBBJAX_CONF_DIR", None)
+    probe = subprocess.run([sys.executable, "-c", "import hebbjax.run as r; print(r.__file__, r.CONF_DIR)"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True)
+    assert probe.stdout.split() == [str(site / "hebbjax" / "run.py"), str(site / "hebbjax" / "conf")], probe.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "hebbjax.run", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+experiment=tiny",
+                           "logging.progress=false", "data.limit_train=300", "hydra.run.dir=run"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("tiny seed=0: test_accuracy=")
+    assert json.loads((elsewhere / "run" / "results.json").read_text())["config"]["training"]["readout_epochs"] == 2

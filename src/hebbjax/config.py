@@ -20,6 +20,7 @@ import dataclasses
 import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,11 +38,26 @@ POOLS = ("max", "avg", "sum")
 
 
 @dataclass
+class DopamineConfig:
+    """The dopamine a block's update is multiplied by in the reward phase (``training.method:
+    reward``), per (reward predicted, reward received) case of each sample (Holca-Lamarre's dHigh,
+    dMid, dNeut, dLow; defaults: hebbianRL's). ``map: linear`` uses the reward-prediction error
+    instead: ``d = unpredicted_reward * RPE + predicted_reward``."""
+
+    enabled: bool = False  # gate this block's update (else it learns with factor 1 in the reward phase too)
+    map: str = "table"  # table | linear
+    unpredicted_reward: float = 4.0  # predicted 0, received 1 (RPE +1)
+    predicted_reward: float = 0.01  # predicted 1, received 1 (RPE 0)
+    no_reward: float = -0.25  # predicted 0, received 0 (RPE 0)
+    omitted_reward: float = -1.0  # predicted 1, received 0 (RPE -1)
+
+
+@dataclass
 class BlockConfig:
     """One block of a network. ``rule``: a registered Hebbian rule (:data:`hebbjax.rules.RULES`),
     ``bp`` (trained by backprop with the readout) or ``none`` (frozen at its initialisation)."""
 
-    layer: str = "conv"  # conv | dense
+    layer: str = "conv"  # conv | dense (on the flattened input)
     channels: int = MISSING
     kernel: int = 3
     stride: int = 1
@@ -55,7 +71,8 @@ class BlockConfig:
     bias: bool = False
     neuron: str = "linear"  # linear: u = w.x ; log_weight: u = x.log(w) (Holca-Lamarre, positive weights)
     # input normalisation of the block: batchnorm (affine-free, SoftHebb) | standardize (per sample,
-    # Miconi) | patch_sum (each patch scaled to sum to patch_sum_to, Holca-Lamarre) | none
+    # Miconi) | patch_sum (each patch, or a dense block's whole input, scaled to sum to patch_sum_to:
+    # Holca-Lamarre) | none
     input_norm: str = "batchnorm"
     patch_sum_to: float = 900.0
     dropout: float = 0.0  # on the block input
@@ -68,13 +85,21 @@ class BlockConfig:
     homeostasis_rate: float = 3.0  # sparse_topk
     threshold_in_output: bool = True  # sparse_topk: propagate u - theta (Miconi's triangle of u - theta)
     rule_options: dict[str, Any] = field(default_factory=dict)  # hyper-parameters of a registered rule of your own
-    lr: float = 0.01
-    lr_schedule: str = "norm"  # norm: lr * (| |w| - 1 | + 1e-10) ** lr_power (SoftHebb) | constant | linear_decay
+    lr: float = 0.01  # > 0; a negative rate (anti-Hebbian learning) needs anti_hebbian: true
+    anti_hebbian: bool = False  # allow a negative lr: the rule's update is reversed
+    # norm: lr * (| |w| - 1 | + 1e-10) ** lr_power (SoftHebb): 0 for a neuron of norm exactly 1, so
+    # not with init: unit or unit_norm: true (warned) | constant | linear_decay (to 0 at the phase's end)
+    lr_schedule: str = "norm"
     lr_power: float = 0.5
     normalize_step: bool = True  # divide each step by max |dw| (SoftHebb)
     unit_norm: bool = False  # renormalise every neuron to norm 1 after each step (Miconi)
     prune: float = 0.0  # probability that a weight is removed by a fixed random mask (Miconi)
     positive: bool = False  # keep weights > 0 (Holca-Lamarre)
+    # reward method (training.method: reward): exploration noise on the pre-activation u in the
+    # reward phase, N(0, (explore * std_neurons(u))^2) (Holca-Lamarre's noise_explore; 0: none), and
+    # the dopamine gating this block's update there (dopamine.enabled: true; else factor 1)
+    explore: float = 0.0
+    dopamine: DopamineConfig = field(default_factory=DopamineConfig)
     # initialisation: radius (SoftHebb: normal with norm ~radius after BN, uniform otherwise) |
     # unit (Miconi: normal, unit norm) | positive (Holca-Lamarre: U[0,1) + init_offset)
     init: str = "radius"
@@ -124,7 +149,10 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    method: str = "hebbian"  # hebbian | bp (same architecture end to end) | random (untrained blocks)
+    # hebbian | bp (same architecture end to end) | random (untrained blocks) | reward (Holca-Lamarre:
+    # unsup_epochs of statistical Hebbian learning, then reward_epochs gated by dopamine from the
+    # network's own decisions; no readout phase)
+    method: str = "hebbian"
     mode: str = "successive"  # successive | consecutive | simultaneous
     unsup_epochs: int = 1
     unsup_batch_size: int = 10
@@ -134,6 +162,12 @@ class TrainingConfig:
     readout_schedule: str = "halving"  # halving (SoftHebb's CustomStepLR) | constant
     eval_batch_size: int = 1000
     steps_per_chunk: int = 100  # optimisation steps per jit call (lax.scan)
+    reward_epochs: int = 10  # method=reward: epochs with exploration and dopamine (n_epi_dopa), batch unsup_batch_size
+    # method=reward: how the network decides. neural_prob: class = argmax h . P, P the per-class mean
+    # of the last block's output over the last `decision_window` training images, rows summing to 1;
+    # neural_dopa: the last block is the class layer (channels = classes), its argmax the class
+    decision: str = "neural_prob"
+    decision_window: int = 60000
 
 
 @dataclass
@@ -270,6 +304,18 @@ def _check_rule(key: str, b: BlockConfig) -> None:
         raise ConfigError(f"{key}.{message}")
 
 
+def _check_plasticity(key: str, b: BlockConfig) -> None:
+    if not is_hebbian(b):
+        return
+    if b.lr < 0 and not b.anti_hebbian:
+        raise ConfigError(f"{key}.lr: {b.lr} is negative, which reverses the rule (anti-Hebbian learning); "
+                          f"set {key}.anti_hebbian=true if that is what you want")
+    if b.lr_schedule == "norm" and (b.init == "unit" or b.unit_norm):
+        why = "init: unit starts every neuron" if b.init == "unit" else "unit_norm: true keeps every neuron"
+        warnings.warn(f"{key}.lr_schedule: 'norm' scales the rate by | |w| - 1 | ** lr_power, and {why} at norm 1, "
+                      f"so the block would not learn; use lr_schedule: constant or linear_decay", stacklevel=3)
+
+
 def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Chain shapes through the blocks (``input_shape`` = (H, W, C) or (features,)), validating every
     field; return each block's output shape. Raises :class:`ConfigError` naming ``model.blocks[i].key``."""
@@ -281,6 +327,7 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
         key = f"model.blocks[{i}]"
         _choice(f"{key}.layer", b.layer, ("conv", "dense"))
         _check_rule(key, b)
+        _check_plasticity(key, b)
         _choice(f"{key}.neuron", b.neuron, ("linear", "log_weight"))
         _choice(f"{key}.input_norm", b.input_norm, ("batchnorm", "standardize", "patch_sum", "none"))
         _choice(f"{key}.padding_mode", b.padding_mode, ("zeros", "reflect", "replicate", "circular"))
@@ -310,10 +357,8 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
             if h < 1 or w < 1:
                 raise ConfigError(f"{key}.kernel: kernel {b.kernel} (dilation {b.dilation}) does not fit the {shape[0]}x{shape[1]} input with padding {b.padding}")
             shape = (h, w, b.channels)
-        else:
-            if b.input_norm == "patch_sum":
-                raise ConfigError(f"{key}.input_norm: patch_sum applies to conv blocks")
-            shape = (*shape[:-1], b.channels)
+        else:  # a dense block sees its input flattened
+            shape = (b.channels,)
         pool = parse_pool(b.pool, f"{key}.pool")
         if pool is not None:
             if len(shape) != 3:
@@ -331,21 +376,54 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
     return shapes
 
 
+def _check_reward(cfg: Config) -> None:
+    """The reward method's keys: only it reads them, and it can gate only Hebbian rules that take
+    a per-sample modulation."""
+    import inspect
+
+    from hebbjax.rules import RULES
+
+    t = cfg.training
+    reward = t.method == "reward"
+    if reward and t.mode != "consecutive":
+        raise ConfigError(f"training.mode: the reward method trains every Hebbian block together; set consecutive (got {t.mode})")
+    if reward and t.decision == "neural_prob" and t.decision_window < t.unsup_batch_size:
+        raise ConfigError(f"training.decision_window: {t.decision_window} images cannot hold a batch of {t.unsup_batch_size}")
+    for i, b in enumerate(cfg.model.blocks):
+        key = f"model.blocks[{i}]"
+        if (b.dopamine.enabled or b.explore != 0) and not reward:
+            raise ConfigError(f"{key}.dopamine / {key}.explore: only training.method=reward reads them (got method={cfg.training.method})")
+        if b.explore < 0:
+            raise ConfigError(f"{key}.explore: expected a noise fraction >= 0, got {b.explore}")
+        if not b.dopamine.enabled and b.explore == 0:
+            continue
+        if not is_hebbian(b):
+            raise ConfigError(f"{key}.dopamine / {key}.explore: a {b.rule!r} block has no Hebbian update to gate; give them to Hebbian blocks")
+        params = inspect.signature(getattr(RULES[b.rule].fn, "__wrapped__", RULES[b.rule].fn)).parameters
+        takes = "modulation" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if b.dopamine.enabled and not takes:
+            raise ConfigError(f"{key}.rule: {b.rule!r} takes no per-sample modulation, so dopamine cannot gate it")
+        if b.dopamine.enabled:
+            _choice(f"{key}.dopamine.map", b.dopamine.map, ("table", "linear"))
+
+
 def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Validate the training and model sections for inputs of ``input_shape``; returns the block
     output shapes (of the blocks the training method trains, :func:`resolve`)."""
     from hebbjax.train.protocol import MODES
 
     t = cfg.training
-    _choice("training.method", t.method, ("hebbian", "bp", "random"))
+    _choice("training.method", t.method, ("hebbian", "bp", "random", "reward"))
     _choice("training.mode", t.mode, tuple(MODES))
     _choice("training.readout_schedule", t.readout_schedule, ("halving", "constant"))
-    for name in ("unsup_batch_size", "readout_batch_size", "eval_batch_size", "steps_per_chunk"):
+    _choice("training.decision", t.decision, ("neural_prob", "neural_dopa"))
+    for name in ("unsup_batch_size", "readout_batch_size", "eval_batch_size", "steps_per_chunk", "decision_window"):
         if getattr(t, name) < 1:
             raise ConfigError(f"training.{name}: expected a positive integer, got {getattr(t, name)}")
-    for name in ("unsup_epochs", "readout_epochs"):
+    for name in ("unsup_epochs", "readout_epochs", "reward_epochs"):
         if getattr(t, name) < 0:
             raise ConfigError(f"training.{name}: expected >= 0, got {getattr(t, name)}")
+    _check_reward(cfg)
     if not 0.0 <= cfg.model.classifier_dropout < 1.0:
         raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
     c = cfg.checkpoint
@@ -405,8 +483,13 @@ def check(cfg: Config, spec: Any = None) -> list[tuple[int, ...]]:
     if t.method != "hebbian" or t.mode == "simultaneous":
         for key in ("unsup_split", "limit_unsup", "unsup_augment"):
             if getattr(d, key) not in (None, []):
-                raise ConfigError(f"data.{key}: only the unsupervised phase reads it, which runs with training.method=hebbian "
-                                  f"in mode successive or consecutive (got method={t.method}, mode={t.mode})")
+                why = "the reward method learns from labelled training images (its rewards compare decisions with labels)" \
+                    if t.method == "reward" else "only the unsupervised phase reads it, which runs with training.method=hebbian " \
+                    f"in mode successive or consecutive (got method={t.method}, mode={t.mode})"
+                raise ConfigError(f"data.{key}: {why}")
+    if t.method == "reward" and t.decision == "neural_dopa" and shapes[-1] != (spec.num_classes,):
+        raise ConfigError(f"training.decision: neural_dopa decides by the last block, which needs {spec.num_classes} channels "
+                          f"(one per class) and a flat output; it gives {shapes[-1]}")
     return shapes
 
 
@@ -426,13 +509,17 @@ def _check_augment_options(options: AugmentOptions, side: int) -> None:
 def check_sizes(cfg: Config, num_train: int, num_unsup: int) -> None:
     """Batch sizes against the sizes of the loaded splits (known only once they are loaded)."""
     t = cfg.training
-    has_unsup_phase = t.method == "hebbian" and t.mode != "simultaneous" and t.unsup_epochs > 0
-    if has_unsup_phase and t.unsup_batch_size > num_unsup:
-        raise ConfigError(f"training.unsup_batch_size: {t.unsup_batch_size} is larger than the unsupervised set "
-                          f"({num_unsup} images; see data.limit_train / data.limit_unsup)")
-    if t.readout_batch_size > num_train:
-        raise ConfigError(f"training.readout_batch_size: {t.readout_batch_size} is larger than the training set "
-                          f"({num_train} images; see data.limit_train / data.limit_unsup)")
+    checks = []
+    if t.method == "reward":  # both phases read the labelled training images
+        checks.append(("unsup_batch_size", num_train, "training", "data.limit_train"))
+    else:
+        if t.method == "hebbian" and t.mode != "simultaneous" and t.unsup_epochs > 0:
+            checks.append(("unsup_batch_size", num_unsup, "unsupervised", "data.limit_train / data.limit_unsup"))
+        if t.readout_epochs > 0:
+            checks.append(("readout_batch_size", num_train, "training", "data.limit_train"))
+    for key, n, split, limits in checks:
+        if getattr(t, key) > n:
+            raise ConfigError(f"training.{key}: {getattr(t, key)} is larger than the {split} set ({n} images; see {limits})")
 
 
 def to_dataclass(cfg: Any) -> Config:

@@ -4,8 +4,10 @@ compose (Hydra) -> check (:func:`hebbjax.config.check`, before any data) -> load
 (:func:`load_data`) -> fit (:func:`hebbjax.train.fit`) -> write ``results.json`` into the run
 directory; the one-line summary is printed last. A run saves checkpoints into
 ``<run dir>/checkpoints``; ``resume=<run dir>`` (with the same overrides) continues it from the
-last complete one. Config files live in the repository's ``conf/`` (override with
-``$HEBBJAX_CONF_DIR``).
+last complete one. The configs are the repository's ``conf/``, shipped inside the package as
+``hebbjax/conf`` (``$HEBBJAX_CONF_DIR`` replaces them); folders of your own join through Hydra's
+search path: ``hydra.searchpath=[file:///path/to/my_conf]`` (e.g. ``my_conf/experiment/x.yaml``,
+then ``+experiment=x``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hebbjax.config import Config, ConfigError, check, differences, resolve, to_dataclass
 
-CONF_DIR = os.environ.get("HEBBJAX_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+CONF_DIR = os.environ.get("HEBBJAX_CONF_DIR", str(Path(__file__).resolve().parent / "conf"))
 RESULTS = "results.json"
 
 ConfigStore.instance().store(name="hebbjax_schema", node=Config)
@@ -154,11 +156,20 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
 
 def summary(results: dict[str, Any]) -> str:
     ips = results.get("unsupervised_images_per_second")
-    return (
-        f"{results['experiment']} seed={results['seed']}: test_accuracy={results['test_accuracy']:.4f} "
-        f"train_accuracy={results['train_accuracy']:.4f} total={results['seconds']['wall_total']:.1f}s"
-        + (f" unsup={ips:.0f} img/s" if ips else "")
-    )
+    if results["test_accuracy"] is None:
+        accuracy = "no readout (training.readout_epochs=0)"
+    else:
+        accuracy = f"test_accuracy={results['test_accuracy']:.4f} train_accuracy={results['train_accuracy']:.4f}"
+    return (f"{results['experiment']} seed={results['seed']}: {accuracy} total={results['seconds']['wall_total']:.1f}s"
+            + (f" unsup={ips:.0f} img/s" if ips else ""))
+
+
+def _to_log_file(message: str) -> None:
+    """``message`` into the run's log file (Hydra's ``<job>.log``) without a second console line."""
+    record = logging.LogRecord("hebbjax", logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
@@ -166,11 +177,13 @@ def main(dcfg: DictConfig) -> float:
     cfg = to_dataclass(dcfg)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     results = run(cfg, Path(HydraConfig.get().runtime.output_dir), resolved)
-    print(summary(results), flush=True)
+    line = summary(results)
+    _to_log_file(line)
+    print(line, flush=True)
     return results["test_accuracy"]
 
 
 if __name__ == "__main__":
-    if not Path(CONF_DIR).is_dir():  # a non-editable install has no conf/ beside the package
-        raise SystemExit(f"hebbjax: config folder {CONF_DIR} not found; set HEBBJAX_CONF_DIR to the repository's conf/ folder")
+    if not Path(CONF_DIR).is_dir():
+        raise SystemExit(f"hebbjax: config folder {CONF_DIR} not found (HEBBJAX_CONF_DIR names a folder that does not exist?)")
     main()

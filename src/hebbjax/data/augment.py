@@ -5,7 +5,7 @@ batch and the same key always gives the same batch. The crops split ``key`` into
 one key per sample (vmapped); flip and noise, being element-wise, draw one array
 for the whole batch, which gives each sample its own independent draw with a
 single PRNG call. They follow the
-torchvision transforms used by SoftHebb (seed_algorithms.md §1.9):
+torchvision transforms used by SoftHebb (Journé et al., ICLR 2023, its dataset configs):
 
 * :func:`random_crop`: ``RandomCrop(size, padding=4, padding_mode="reflect")``;
 * :func:`random_flip`: ``RandomHorizontalFlip(p=0.5)``;

@@ -7,7 +7,7 @@ cached as ``.npy`` next to the prepared dataset
 (``<tfds_dir>/_hebbjax_cache/<name>/<version>/``), keyed by its ``dataset_info.json``,
 so later loads take well under a second.
 
-Pixel conventions (seed_algorithms.md §1.4, §1.9, §3.2):
+Pixel conventions (as SoftHebb's data pipelines, Journé et al., ICLR 2023, and Holca-Lamarre's):
 
 * ``unit``: uint8 / 255 -> float32 in [0, 1] (MNIST, Fashion-MNIST, CIFAR, STL-10).
 * ``imagenet``: [0, 1] then ``(x - mean) / std`` per channel with the ImageNet

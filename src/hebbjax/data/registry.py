@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from hebbjax.data.errors import UnknownDatasetError
 
 #: Per-channel ImageNet statistics (torchvision ``Normalize``), used by SoftHebb
-#: for ImageNet and ImageNette (seed_algorithms.md §1.4).
+#: for ImageNet and ImageNette (its code's ImageNet pipelines, Journé et al., ICLR 2023).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

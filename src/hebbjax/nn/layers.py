@@ -234,22 +234,38 @@ def torch_default_init(key, shape, dtype=jnp.float32):
 # ----------------------------------------------------------------------------------------------
 
 
+def sum_to(x: Array, total: float, offset: float = 1e-5) -> Array:
+    """Holca-Lamarre's feed-forward inhibition over the last axis: ``x <- (A - D) x / sum(x) + 1``
+    (sums to ``A = total``; ``D`` = the axis length, so every value is at least 1), after adding
+    ``offset`` to every value as hebbianCNN adds 1e-5 to its images: a blank patch becomes uniform
+    (``A / D`` everywhere) instead of 0 / 0."""
+    d = x.shape[-1]
+    x = x + offset
+    return (total - d) * x / jnp.sum(x, -1, keepdims=True) + 1.0
+
+
 class HebbianDense(nn.Module):
-    """Dense layer ``u = x @ kernel (+ bias)``, kernel ``(in, features)``; returns Activations.
+    """Dense layer ``u = x @ kernel (+ bias)`` on the flattened input, kernel ``(in, features)``;
+    returns Activations.
 
     ``log_weight``: Holca-Lamarre's Poisson-mixture neurons, ``u = x @ log(kernel)``; the rule
     still sees the raw kernel (``dw ~ y (x - w)`` on ``w``), since the correlation only needs
-    the map's structure, which is the same.
+    the map's structure, which is the same. ``patch_sum_to``: each input scaled by
+    :func:`sum_to` first (Holca-Lamarre's shallow network).
     """
 
     features: int
     use_bias: bool = False
     log_weight: bool = False
+    patch_sum_to: float | None = None
     kernel_init: Callable = torch_default_init
     frozen: bool = False  # no gradient flows into the kernel (Hebbian-trained or fixed)
 
     @nn.compact
     def __call__(self, x: Array) -> Activations:
+        x = x.reshape(x.shape[0], -1)  # SoftHebb's MLP blocks: Flatten before the layer
+        if self.patch_sum_to is not None:
+            x = sum_to(x, self.patch_sum_to)
         return _dense_activations(self, x)
 
 
@@ -305,8 +321,7 @@ class HebbianConv(nn.Module):
             xp = lin.prepare(x)
             patches = lin.patches(xp, (k, k))  # features ordered (kh, kw, c)
             if self.patch_sum_to is not None:
-                d = patches.shape[-1]
-                patches = (self.patch_sum_to - d) * patches / (jnp.sum(patches, -1, keepdims=True) + 1e-12) + 1.0
+                patches = sum_to(patches, self.patch_sum_to)
             return _dense_activations(self, patches)
         shape = (k, k, x.shape[-1] // self.feature_group_count, self.features)
         kernel = self.param("kernel", self.kernel_init, shape)

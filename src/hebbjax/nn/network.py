@@ -52,6 +52,9 @@ class Block(nn.Module):
       y_is_output: the rule's ``y`` is the block's activation (Hebb, instar, Oja), else ``None``.
       rule_state: initial values of a stateful rule's variables (collection ``rule_state``).
       output_shift: ``shift(rule_state) -> array`` subtracted from ``u`` before the activation.
+      explore: with ``explore=True`` in the call, ``u`` gets exploration noise of standard deviation
+        ``explore * std(u)`` over the neurons, per sample and position (Holca-Lamarre's
+        ``noise_explore``; RNG stream ``explore``); the noisy ``u`` is propagated and learnt from.
       axis_name: the mapped axis BatchNorm averages its batch statistics over.
     """
 
@@ -67,10 +70,11 @@ class Block(nn.Module):
     y_is_output: bool = False
     rule_state: Callable[[], Mapping[str, Array]] | None = None
     output_shift: Callable[[Mapping[str, Array]], Array] | None = None
+    explore: float = 0.0
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, explore: bool = False) -> Array:
         if self.input_norm == "batchnorm":  # SoftHebb: BatchNorm2d(affine=False), PyTorch's semantics
             x = BatchNorm(use_running_average=not train, axis_name=self.axis_name, name="input_norm")(x)
         elif self.input_norm == "standardize":
@@ -81,6 +85,9 @@ class Block(nn.Module):
             x = Dropout(self.dropout)(x, deterministic=not train)
         acts = self.layer(name="layer")(x)
         u = triangle(acts.u) if self.pre_triangle else acts.u
+        if explore and self.explore > 0:
+            noise = jax.random.normal(self.make_rng("explore"), u.shape, u.dtype)
+            u = u + self.explore * jax.lax.stop_gradient(jnp.std(u, axis=-1, keepdims=True)) * noise
         out = u
         if self.rule_state is not None:
             state = {k: self.variable("rule_state", k, lambda v=v: v).value for k, v in self.rule_state().items()}
@@ -124,10 +131,11 @@ def _torch_bias_init(fan_in: int):
 class HebbianNetwork(nn.Module):
     """Blocks followed by a linear classifier.
 
-    ``__call__(x, train_blocks=(), upto=None, classify=True, train_classifier=False)``:
+    ``__call__(x, train_blocks=(), upto=None, classify=True, train_classifier=False, explore=False)``:
     blocks whose index is in ``train_blocks`` run in training mode (BatchNorm batch statistics
     and running-stat updates, dropout); the others in evaluation mode. ``upto`` stops after that
-    many blocks (features of a prefix of the network); ``classify=False`` returns the features.
+    many blocks (features of a prefix of the network); ``classify=False`` returns the features;
+    ``explore`` adds the blocks' exploration noise (:class:`Block`).
     ``axis_name`` is given to every block's BatchNorm (data-parallel training).
     """
 
@@ -139,12 +147,12 @@ class HebbianNetwork(nn.Module):
     @nn.compact
     def __call__(
         self, x: Array, train_blocks: Sequence[int] = (), upto: int | None = None,
-        classify: bool = True, train_classifier: bool = False,
+        classify: bool = True, train_classifier: bool = False, explore: bool = False,
     ) -> Array:
         n = len(self.blocks) if upto is None else upto
         for i in range(n):
             block = self.blocks[i].clone(parent=self, name=f"block_{i}", axis_name=self.axis_name)
-            x = block(x, train=i in train_blocks)
+            x = block(x, train=i in train_blocks, explore=explore)
         if classify and n == len(self.blocks):
             return Classifier(self.num_classes, self.classifier_dropout, name="classifier")(x, train=train_classifier)
         return x

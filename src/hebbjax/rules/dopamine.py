@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from hebbjax.rules.linear import Activations, Array, Params, _shape_error
@@ -34,15 +35,25 @@ def reward_prediction_error(predicted: Array, received: Array) -> Array:
 
 
 def dopamine_from_table(predicted: Array, received: Array, table: DopamineTable = DopamineTable()) -> Array:
-    """Per-sample dopamine ``d_b = table[predicted_b, received_b]`` (predicted/received are 0/1 or bool)."""
+    """Per-sample dopamine ``d_b = table[predicted_b, received_b]``.
+
+    ``predicted`` / ``received`` are booleans or 0/1 (the four cases of the table), or
+    probabilities in [0, 1]: then ``d_b`` is the dopamine expected when the prediction and the
+    reward are independent Bernoulli draws with those probabilities, the bilinear interpolation
+    ``(1-p)(1-r) no_reward + (1-p) r unpredicted_reward + p r predicted_reward + p (1-r) omitted_reward``
+    (equal to the table at 0/1). Outside ``jit``, values outside [0, 1] are an error.
+    """
     predicted, received = jnp.asarray(predicted), jnp.asarray(received)
     if predicted.ndim != 1:
         raise _shape_error("predicted", "a vector, one entry per sample", predicted)
     if predicted.shape != received.shape:
         raise _shape_error("received", f"a vector shaped like predicted {predicted.shape}, one entry per sample", received)
-    p, r = predicted.astype(bool), received.astype(bool)
-    values = jnp.asarray([[table.no_reward, table.unpredicted_reward], [table.omitted_reward, table.predicted_reward]], jnp.float32)
-    return values[p.astype(jnp.int32), r.astype(jnp.int32)]
+    p, r = predicted.astype(jnp.float32), received.astype(jnp.float32)
+    for name, v in (("predicted", p), ("received", r)):
+        if not isinstance(v, jax.core.Tracer) and not bool(jnp.all((v >= 0) & (v <= 1))):
+            raise ValueError(f"{name}: expected booleans, 0/1 or probabilities in [0, 1], got values in [{float(v.min())}, {float(v.max())}]")
+    return ((1 - p) * (1 - r) * table.no_reward + (1 - p) * r * table.unpredicted_reward
+            + p * r * table.predicted_reward + p * (1 - r) * table.omitted_reward)
 
 
 def dopamine_linear(rpe: Array, gain: float = 4.0, baseline: float = 0.01) -> Array:

@@ -11,8 +11,10 @@ signal, ``r`` the decay rate (0 for plain Hebb, y for instar, y^2 for Oja, y*u f
 ``y`` and ``r``.
 
 The correlation is the VJP of the layer's linear map w.r.t. its kernel with cotangent ``m*y``:
-``grad_W <m*y, f(W, x)>`` (seed_algorithms.md section 4). It is therefore computed the same way, and
-exactly, for dense layers and for convolutions of any stride, padding, dilation and grouping.
+``grad_W <m*y, f(W, x)>`` (Miconi 2021, arXiv 2107.01729, writes every rule as such a gradient;
+SoftHebb's ``hebbconv.delta_weight`` computes the same sum by hand). It is therefore computed the
+same way, and exactly, for dense layers and for convolutions of any stride, padding, dilation and
+grouping.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def check_finite(arg: str, value: Array) -> None:
     """
     if isinstance(value, jax.core.Tracer):
         return
-    if not bool(jnp.all(jnp.isfinite(value))):
+    # numpy, not jnp: a concrete array closed over by a traced function stays concrete here
+    if not np.all(np.isfinite(np.asarray(value))):
         raise FloatingPointError(f"{arg}: contains NaN or inf values")
 
 
@@ -127,7 +128,7 @@ class Conv:
         so the rule sees exactly the padded input the forward pass used.
       feature_group_count: grouped convolution; ``in`` and ``out`` must both be divisible by it.
       implementation: ``"xla"`` (``lax.conv_general_dilated``) or ``"patches"`` (extract patches,
-        then one matrix product; 2-4x faster on CPU, see ``performance_notes.md``). The two are the
+        then one matrix product; 1.2-3.6x faster on CPU, ``benchmarks/bench_cpu_kernels.py``). The two are the
         same linear map. ``"auto"``: XLA's convolution off CPU; on CPU, the forward map by patches
         when a patch has >= 512 values (else XLA's convolution, faster for thinner layers) and
         the kernel cotangent (the Hebbian correlation term, the weight gradient of BP) always by

@@ -75,6 +75,19 @@ def topk_binary_signal(r: Array, k: int = 1) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
+def _competitive(activations: Activations, rule: str) -> Array:
+    """``u`` for a rule that computes its own post-synaptic signal from it; a given ``y`` would be
+    ignored, so it is an error."""
+    u = _pre(activations)
+    if activations.y is not None:
+        raise ValueError(
+            f"activations.y: {rule} computes its post-synaptic signal from u (competition over neurons) and would "
+            f"ignore the y given; build the activations without y (observe(linear, params, x)) or use a rule that takes y "
+            f"(hebb, instar, oja)"
+        )
+    return u
+
+
 def _pre(activations: Activations) -> Array:
     """``u``, after checking the type of ``activations`` (so a wrong argument gets the clear error)."""
     check_activations_type(activations)
@@ -135,7 +148,7 @@ def softhebb(params: Params, activations: Activations, *, t_invert: float | Arra
     ``dw_j = sum_{b,p} y_j (x - u_j w_j)``. Pair with :func:`~hebbjax.rules.transforms.scale_by_max_abs`
     and :func:`~hebbjax.rules.transforms.scale_by_norm_dependent_lr` for the paper's step.
     """
-    u = _pre(activations)
+    u = _competitive(activations, "softhebb")
     y = softhebb_signal(u, t_invert)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -144,7 +157,7 @@ def softhebb(params: Params, activations: Activations, *, t_invert: float | Arra
 def soft_wta(params: Params, activations: Activations, *, t_invert: float | Array = 1.0, modulation: Array | None = None) -> Params:
     """SoftHebb without anti-Hebbian term (Moraitis et al., NCE 2022): ``y = softmax(t_invert u)``,
     ``dw_j = sum_{b,p} y_j (x - u_j w_j)``."""
-    u = _pre(activations)
+    u = _competitive(activations, "soft_wta")
     y = soft_wta_signal(u, t_invert)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -155,7 +168,7 @@ def hard_wta(params: Params, activations: Activations, *, modulation: Array | No
 
     Only the rows (neurons) that win at least once change.
     """
-    u = _pre(activations)
+    u = _competitive(activations, "hard_wta")
     y = winner_mask(u)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -166,7 +179,7 @@ def krotov(
 ) -> Params:
     """Krotov-Hopfield (PNAS 2019; SoftHebb's ``hardkrotov``): the winner learns, the neuron ranked
     ``rank`` unlearns: ``y = 1[winner] - delta 1[rank]``, ``dw_j = sum_{b,p} y_j (x - u_j w_j)``."""
-    u = _pre(activations)
+    u = _competitive(activations, "krotov")
     y = krotov_signal(u, rank, delta)
     return _rule(params, activations, y, y * u, modulation)
 
@@ -208,7 +221,7 @@ def sparse_topk(
     ``theta_j <- theta_j + homeostasis_rate * (mean_{b,p} y_j - k / N)``. ``axis_name`` averages the
     firing rate across devices inside ``shard_map``.
     """
-    u = _pre(activations)
+    u = _competitive(activations, "sparse_topk")
     if state.threshold.shape != (u.shape[-1],):
         raise _shape_error("state.threshold", f"one threshold per neuron, ({u.shape[-1]},)", state.threshold)
     y = topk_binary_signal(u - state.threshold, k)

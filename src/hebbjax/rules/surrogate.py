@@ -11,6 +11,8 @@ the rule. With ``u = linear(W, x)`` and ``sg`` the stop-gradient:
 
 ``jax.grad(loss)(params, x, y)`` therefore equals ``-rule(params, observe(linear, params, x, y))``
 (tested). ``params`` is the kernel or a mapping with ``"kernel"``; ``x`` is the unpadded input.
+Arguments are validated as :func:`~hebbjax.rules.observe` validates them (errors name ``kernel``,
+``x`` or ``y``).
 """
 
 from __future__ import annotations
@@ -18,32 +20,32 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules.linear import Array, LinearMap, Params, kernel_of
+from hebbjax.rules.linear import Array, LinearMap, Params, kernel_of, observe
 
 sg = jax.lax.stop_gradient
 
 
-def _u_and_sq_norms(linear: LinearMap, params: Params, x: Array) -> tuple[Array, Array]:
+def _u_and_sq_norms(linear: LinearMap, params: Params, x: Array, y: Array) -> tuple[Array, Array]:
     kernel = kernel_of(params)
-    u = linear(kernel, linear.prepare(x))
+    u = observe(linear, kernel, x, y).u  # the rules' checks: kernel, x, and y shaped like u
     sq_norm = jnp.sum(kernel * kernel, axis=tuple(range(kernel.ndim - 1)))  # ||w_j||^2, per neuron
     return u, sq_norm
 
 
 def hebb_loss(params: Params, x: Array, y: Array, *, linear: LinearMap) -> Array:
     """``L = -sum_{b,p,j} sg(y) u``; ``-grad L`` is plain Hebb."""
-    u, _ = _u_and_sq_norms(linear, params, x)
+    u, _ = _u_and_sq_norms(linear, params, x, y)
     return -jnp.sum(sg(y) * u)
 
 
 def instar_loss(params: Params, x: Array, y: Array, *, linear: LinearMap) -> Array:
     """``L = -sum_{b,p,j} sg(y) (u - 1/2 ||w_j||^2)``; ``-grad L`` is Grossberg's instar."""
-    u, sq_norm = _u_and_sq_norms(linear, params, x)
+    u, sq_norm = _u_and_sq_norms(linear, params, x, y)
     return -jnp.sum(sg(y) * (u - 0.5 * sq_norm))
 
 
 def oja_loss(params: Params, x: Array, y: Array, *, linear: LinearMap) -> Array:
     """``L = -sum sg(y) u + 1/2 sum sg(y)^2 ||w_j||^2``; ``-grad L`` is Oja's rule."""
-    u, sq_norm = _u_and_sq_norms(linear, params, x)
+    u, sq_norm = _u_and_sq_norms(linear, params, x, y)
     y = sg(y)
     return -jnp.sum(y * u) + 0.5 * jnp.sum(y * y * sq_norm)

@@ -64,7 +64,9 @@ def scale_by_norm_dependent_lr(
 
     Computed from the params before this update (the norms after the previous one), per neuron
     (``ndim >= 2`` leaves); 1-d leaves get ``lr``. Drives every neuron's norm towards 1 and so
-    anneals itself (Journe et al., ICLR 2023; ``utils.update_lr``).
+    anneals itself (Journe et al., ICLR 2023; ``utils.update_lr``). A neuron of norm exactly 1
+    gets ``lr * eps ** power`` (1e-5 lr at power 0.5): a layer initialised or kept at unit norm
+    (:func:`normalize_weights`) effectively never learns; use a constant rate there.
     """
 
     def update_fn(updates, state, params=None):
@@ -81,12 +83,26 @@ def scale_by_norm_dependent_lr(
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def _project(project) -> optax.GradientTransformation:
-    """An update that lands the weights on ``project(w + dw)``: ``dw <- project(w + dw) - w``."""
+def _project(project, floor: Any = None) -> optax.GradientTransformation:
+    """An update that lands the weights on ``project(w + dw)``: ``dw <- project(w + dw) - w``.
+
+    ``optax.apply_updates`` then computes ``w + dw`` in floating point, which can miss the target
+    by rounding. With ``floor(w)`` (a bound the target respects), the delta is moved up by one unit
+    in the last place wherever ``w + dw`` would fall below it; the result is then at or above the
+    bound exactly (``dw`` is within half a unit of ``target - w``, so one unit more always lifts
+    ``w + dw`` past the target)."""
+
+    def land(u, w):
+        target = project(w + u, w)
+        delta = target - w
+        if floor is None:
+            return delta
+        low = jnp.minimum(target, floor(w))
+        return jnp.where(w + delta < low, jnp.nextafter(delta, jnp.asarray(jnp.inf, delta.dtype)), delta)
 
     def update_fn(updates, state, params=None):
         _need_params(params, "projection transform")
-        return jax.tree_util.tree_map(lambda u, w: project(w + u, w) - w, updates, params), state
+        return jax.tree_util.tree_map(land, updates, params), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -121,8 +137,14 @@ def random_pruning_mask(key: Array, shape: tuple[int, ...], prob_removed: float,
 
 
 def clip_positive(min_value: float = 1e-10) -> optax.GradientTransformation:
-    """Positivity constraint: ``w <- max(w + dw, min_value)`` (Holca-Lamarre, hebbianCNN 2016)."""
-    return _project(lambda new, old: jnp.maximum(new, min_value))
+    """Positivity constraint: ``w <- max(w + dw, min_value)`` (Holca-Lamarre, hebbianCNN 2016).
+
+    Exact after ``optax.apply_updates``: every new weight is ``>= min_value`` (when ``min_value``
+    is below the float spacing of a weight, the new weight is the nearest float above it that
+    ``w + dw`` can reach), so ``log(w)`` of log-weight neurons stays finite."""
+    if not min_value > 0:
+        raise ValueError(f"min_value: expected a positive bound, got {min_value}")
+    return _project(lambda new, old: jnp.maximum(new, min_value), floor=lambda w: jnp.asarray(min_value, w.dtype))
 
 
 def skip_nonpositive_neurons() -> optax.GradientTransformation:
@@ -135,4 +157,4 @@ def skip_nonpositive_neurons() -> optax.GradientTransformation:
         ok = jnp.all(new > 0, axis=_neuron_axes(new))
         return jnp.where(ok, new, old)
 
-    return _project(project)
+    return _project(project, floor=lambda w: jnp.asarray(jnp.finfo(w.dtype).tiny, w.dtype))

@@ -43,11 +43,12 @@ def activation(spec: str | None, key: str = "activation") -> Callable | None:
 
 def block(b: BlockConfig) -> Block:
     """The Flax block of one block config."""
-    common = dict(use_bias=b.bias, log_weight=b.neuron == "log_weight", kernel_init=kernel_init(b), frozen=b.rule != "bp")
+    patch_sum = b.patch_sum_to if b.input_norm == "patch_sum" else None
+    common = dict(use_bias=b.bias, log_weight=b.neuron == "log_weight", patch_sum_to=patch_sum, kernel_init=kernel_init(b),
+                  frozen=b.rule != "bp")
     if b.layer == "conv":
-        patch_sum = b.patch_sum_to if b.input_norm == "patch_sum" else None
         layer = functools.partial(HebbianConv, b.channels, b.kernel, b.stride, b.padding, b.padding_mode, b.dilation,
-                                  b.groups, patch_sum_to=patch_sum, implementation=b.implementation, **common)
+                                  b.groups, implementation=b.implementation, **common)
     else:
         layer = functools.partial(HebbianDense, b.channels, **common)
     pool = parse_pool(b.pool)
@@ -66,6 +67,7 @@ def block(b: BlockConfig) -> Block:
         y_is_output=spec is not None and spec.given_y,
         rule_state=functools.partial(spec.init_state, b.channels) if stateful else None,
         output_shift=spec.output_shift if stateful and b.threshold_in_output else None,
+        explore=b.explore,
     )
 
 
@@ -82,6 +84,17 @@ def plastic_blocks(blocks: Sequence[BlockConfig]) -> tuple[int, ...]:
 def bound_rule(b: BlockConfig) -> BoundRule:
     """The block's registered rule with its hyper-parameters bound."""
     return functools.partial(rules.RULES[b.rule].update, hyper=rule_hyper(b))
+
+
+def dopamine_gate(b: BlockConfig) -> Callable | None:
+    """``gate(predicted, received) -> dopamine per sample`` of a block's ``dopamine`` config (None: not gated)."""
+    d = b.dopamine
+    if not d.enabled:
+        return None
+    if d.map == "linear":
+        return lambda p, r: rules.dopamine_linear(rules.reward_prediction_error(p, r), d.unpredicted_reward, d.predicted_reward)
+    table = rules.DopamineTable(d.unpredicted_reward, d.predicted_reward, d.no_reward, d.omitted_reward)
+    return functools.partial(rules.dopamine_from_table, table=table)
 
 
 def transform(b: BlockConfig, total_steps: int, mask: Any = None) -> optax.GradientTransformation:

@@ -87,27 +87,28 @@ class Checkpoints:
         is none; a damaged newer checkpoint is skipped with a warning naming it."""
         for number, meta in self.metas():
             target = template(meta)
-            abstract = jax.eval_shape(lambda: _saveable(target))
-            try:
-                restored = self.manager.restore(number, args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(abstract)))
-            except Exception as err:  # noqa: BLE001
-                warnings.warn(f"checkpoint {self.directory / str(number)} is damaged ({type(err).__name__}: {str(err)[:200]}); "
-                              f"falling back to an older one", stacklevel=2)
-                continue
-            state = restored["state"]
-            return state.replace(key=jax.random.wrap_key_data(state.key, impl=jax.random.key_impl(target.key))), meta
+            state = self._state(number, jax.eval_shape(lambda: _saveable(target)))
+            if state is not None:
+                return state.replace(key=jax.random.wrap_key_data(state.key, impl=jax.random.key_impl(target.key))), meta
         return None
 
     def restore_raw(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The newest complete checkpoint as saved (nested dicts of arrays) and its meta."""
         for number, meta in self.metas():
-            try:
-                raw = self.manager.restore(number, args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore()))
-            except Exception as err:  # noqa: BLE001
-                warnings.warn(f"checkpoint {self.directory / str(number)} is damaged ({type(err).__name__}); falling back", stacklevel=2)
-                continue
-            return raw["state"], meta
+            state = self._state(number, None)
+            if state is not None:
+                return state, meta
         raise FileNotFoundError(f"{self.directory}: no complete checkpoint")
+
+    def _state(self, number: int, abstract: Any) -> Any:
+        """Checkpoint ``number``'s state (as ``abstract``, or as saved), or None with a warning."""
+        args = self.ocp.args.StandardRestore(abstract) if abstract is not None else self.ocp.args.StandardRestore()
+        try:
+            return self.manager.restore(number, args=self.ocp.args.Composite(state=args))["state"]
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint: fall back to an older one
+            warnings.warn(f"checkpoint {self.directory / str(number)} is damaged ({type(err).__name__}: {str(err)[:200]}); "
+                          f"falling back to an older one", stacklevel=3)
+            return None
 
     def close(self) -> None:
         """Wait for the saves in flight to reach the disk."""

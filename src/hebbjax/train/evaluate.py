@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hebbjax.train.sources import Source
-from hebbjax.train.steps import Inputs
+from hebbjax.train.steps import Inputs, decide
 
 
 def _features(variables: Any, x: jax.Array, *, model: nn.Module, inputs: Inputs) -> jax.Array:
@@ -31,6 +31,11 @@ def _predict(variables: Any, x: jax.Array, *, model: nn.Module, inputs: Inputs) 
 
 def _classify(params: Any, x: jax.Array, *, classifier: nn.Module) -> jax.Array:
     return jnp.argmax(classifier.apply({"params": params}, x), -1)
+
+
+def _decide(args: Any, x: jax.Array, *, model: nn.Module, inputs: Inputs, decision: str) -> jax.Array:
+    variables, readout = args
+    return decide(model.apply(variables, inputs(x), classify=False), readout, decision)
 
 
 @functools.lru_cache(maxsize=64)
@@ -52,6 +57,14 @@ def predict(model: nn.Module, variables: Any, source: Source, *, batch_size: int
 def classify(classifier: nn.Module, params: Any, source: Source, *, batch_size: int, mesh: Mesh) -> tuple[Any, Any]:
     """``(predicted classes, labels)`` of the classifier alone, on a source of cached features."""
     return source.map(_bound(_classify, classifier=classifier), params, batch_size, mesh)
+
+
+def decisions(model: nn.Module, state: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs,
+              decision: str) -> tuple[Any, Any]:
+    """``(classes, labels)`` the reward method's network decides greedily (no exploration): by
+    the class means in ``state.sup_opt`` (``neural_prob``) or its last block (``neural_dopa``)."""
+    fn = _bound(_decide, model=model, inputs=inputs, decision=decision)
+    return source.map(fn, (state.variables, state.sup_opt), batch_size, mesh)
 
 
 def accuracy(predicted: Any, labels: Any) -> float:

@@ -26,11 +26,11 @@ from hebbjax.train import build, evaluate, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
 from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
 from hebbjax.train.parallel import AXIS, check_batch, make_mesh, replicate
-from hebbjax.train.protocol import MODES, Hebbian, Phase, Readout, phase_keys, plan
+from hebbjax.train import protocol
+from hebbjax.train.protocol import Phase, Readout, Reward, Supervised, phase_keys, plan
 from hebbjax.train.sources import DeviceSource, Source, StreamSource, concat, place
 from hebbjax.train.state import TrainState
 from hebbjax.train.steps import Inputs
-
 
 log = logging.getLogger("hebbjax")
 
@@ -107,7 +107,7 @@ def setup(cfg: Config, data: Data, *, mesh: Mesh | None = None, progress: bool =
     check_sizes(cfg, train.num_examples, unsup.num_examples)
     plastic = build.plastic_blocks(cfg.model.blocks)
     cached = not cfg.data.augment and train.resident and test.resident and not any(b.rule == "bp" for b in cfg.model.blocks)
-    phases = tuple(MODES[t.mode](plastic, cached))
+    phases = protocol.phases(cfg, plastic, cached)
     keys = phase_keys(cfg.seed, len(phases))
     num_classes = data.train.num_classes
     model = build.network(cfg.model, num_classes, AXIS)
@@ -138,9 +138,8 @@ def init_state(ctx: Context) -> TrainState:
 
 def begin(ctx: Context, p: int, state: TrainState) -> TrainState:
     """``state`` at the start of phase ``p``: that phase's optimiser states and step key."""
-    opt, sup_opt = plan(ctx, ctx.phases[p]).init_optimisers(state.params)
+    opt, sup_opt = plan(ctx, ctx.phases[p]).init_optimisers(state)
     return replicate(state.at(p, ctx.keys[2][p][0], opt, sup_opt), ctx.mesh)
-
 
 
 @dataclasses.dataclass
@@ -199,7 +198,7 @@ def run_phase(
 
     def progressed(done: int) -> Record:  # the record as of ``done`` steps of this phase
         seconds = {**before.seconds, phase.timing: before.seconds[phase.timing] + time.perf_counter() - start}
-        return Record(seconds, before.unsup_images + (done - first) * how.batch_size * isinstance(phase, Hebbian))
+        return Record(seconds, before.unsup_images + (done - first) * how.batch_size * (phase.timing == "unsupervised"))
 
     progress = Progress(phase.name, total, first, ctx.progress)
     callbacks = [stop_if_not_finite, progress]
@@ -220,12 +219,19 @@ def run_phase(
     return state
 
 
-def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[float, float]:
+def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[float | None, float | None]:
     """(train, test) accuracy: from the cached features when the readout used them, else of the
-    whole network (one compiled pass over train and test when both are on the device)."""
+    whole network (one compiled pass over train and test when both are on the device); None
+    when no phase trained the classifier (training.readout_epochs=0)."""
     kw = dict(batch_size=ctx.cfg.training.eval_batch_size, mesh=ctx.mesh)
     n = ctx.train.num_examples
-    if ctx.phases and isinstance(ctx.phases[-1], Readout):
+    if ctx.cfg.training.method == "reward":
+        train = evaluate.decisions(ctx.model, state, ctx.train, decision=ctx.cfg.training.decision, inputs=ctx.inputs, **kw)
+        test = evaluate.decisions(ctx.model, state, ctx.test, decision=ctx.cfg.training.decision, inputs=ctx.inputs, **kw)
+        return evaluate.accuracy(*train), evaluate.accuracy(*test)
+    if not any(isinstance(phase, (Readout, Supervised)) for phase in ctx.phases):
+        return None, None
+    if isinstance(ctx.phases[-1], Readout):
         features = cache.get("features") or cached_features(ctx, state)
         pred, labels = evaluate.classify(ctx.classifier, state.params["classifier"], features, **kw)
     elif ctx.train.resident and ctx.test.resident:

@@ -114,9 +114,12 @@ class Progress:
         self.bar = tqdm(total=total, initial=start, desc=name, unit="step", disable=not enabled, leave=False, mininterval=1.0)
 
     def __call__(self, chunk: Chunk) -> None:
-        self.bar.update(int(np.sum(chunk.valid)))
-        if "loss" in chunk.metrics and not self.bar.disable:
-            self.bar.set_postfix(loss=float(np.sum(chunk.metrics["loss"]) / max(1, np.sum(chunk.valid))), refresh=False)
+        steps = int(np.sum(chunk.valid))
+        self.bar.update(steps)
+        if not self.bar.disable:  # the chunk's means (padded steps report 0)
+            shown = {k: float(np.sum(chunk.metrics[k]) / max(1, steps)) for k in ("loss", "accuracy") if k in chunk.metrics}
+            if shown:
+                self.bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 import optax
 
+from hebbjax.config import Config
+from hebbjax.rules import readout as readout_rules
 from hebbjax.train import build
 from hebbjax.train.sources import Source
-from hebbjax.train.steps import hebbian_step, readout_step, supervised_step
+from hebbjax.train.state import TrainState
+from hebbjax.train.steps import hebbian_step, readout_step, reward_step, supervised_step
 
 if TYPE_CHECKING:
     from hebbjax.train.fit import Context
@@ -61,7 +65,23 @@ class Supervised:
     timing: ClassVar[str] = "readout"
 
 
-Phase = Hebbian | Readout | Supervised
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    """Holca-Lamarre's reward-modulated phases (``training.method: reward``): every Hebbian block
+    learns, on labelled images, from the network's own decisions; ``dopamine=False`` is the
+    statistical phase (no exploration, dopamine 1), ``True`` the reward phase (exploration noise,
+    dopamine gating the blocks that have a ``dopamine`` table)."""
+
+    blocks: tuple[int, ...]
+    dopamine: bool
+    timing: ClassVar[str] = "unsupervised"
+
+    @property
+    def name(self) -> str:
+        return "reward" if self.dopamine else "statistical"
+
+
+Phase = Hebbian | Readout | Supervised | Reward
 
 
 def _readout(cached: bool) -> list[Phase]:
@@ -76,6 +96,21 @@ MODES: dict[str, Callable[[tuple[int, ...], bool], list[Phase]]] = {
 }
 
 
+def phases(cfg: Config, plastic: tuple[int, ...], cached: bool) -> tuple[Phase, ...]:
+    """The protocol of a (resolved) config: the reward method's two phases, else its mode's; a
+    phase of zero epochs is left out (training.readout_epochs=0: no readout, no accuracy)."""
+    t = cfg.training
+    listed = [Reward(plastic, False), Reward(plastic, True)] if t.method == "reward" else MODES[t.mode](plastic, cached)
+    return tuple(phase for phase in listed if epochs(cfg, phase) > 0)
+
+
+def epochs(cfg: Config, phase: Phase) -> int:
+    t = cfg.training
+    if isinstance(phase, Reward):
+        return t.reward_epochs if phase.dopamine else t.unsup_epochs
+    return t.unsup_epochs if isinstance(phase, Hebbian) else t.readout_epochs
+
+
 class Plan(NamedTuple):
     """How a phase runs: its step, the source it reads, and its optimisers' initial states."""
 
@@ -83,7 +118,7 @@ class Plan(NamedTuple):
     source: Source | None
     batch_size: int
     epochs: int
-    init_optimisers: Callable[[Any], tuple[Any, Any]]  # params -> (opt, sup_opt)
+    init_optimisers: Callable[[TrainState], tuple[Any, Any]]  # the state before -> (opt, sup_opt)
 
 
 def halving_schedule(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
@@ -124,20 +159,38 @@ def _layer_states(transforms: dict, params: Any) -> dict:
 
 def plan(ctx: Context, phase: Phase, features: Source | None = None) -> Plan:
     """The :class:`Plan` of ``phase``; a :class:`Readout` reads ``features`` (cached)."""
-    t = ctx.cfg.training
+    t, n = ctx.cfg.training, epochs(ctx.cfg, phase)
     if isinstance(phase, Hebbian):
-        rules, transforms = _hebbian_parts(ctx, phase.blocks, t.unsup_epochs * (ctx.unsup.num_examples // t.unsup_batch_size))
+        rules, transforms = _hebbian_parts(ctx, phase.blocks, n * (ctx.unsup.num_examples // t.unsup_batch_size))
         step = functools.partial(hebbian_step, model=ctx.model, rules=rules, transforms=transforms, inputs=ctx.unsup_inputs)
-        return Plan(step, ctx.unsup, t.unsup_batch_size, t.unsup_epochs, lambda params: (_layer_states(transforms, params), ()))
+        return Plan(step, ctx.unsup, t.unsup_batch_size, n, lambda state: (_layer_states(transforms, state.params), ()))
+    if isinstance(phase, Reward):
+        return _reward_plan(ctx, phase, n)
     tx = readout_optimiser(ctx)
     if isinstance(phase, Readout):
         step = functools.partial(readout_step, classifier=ctx.classifier, tx=tx)
-        return Plan(step, features, t.readout_batch_size, t.readout_epochs, lambda params: ({}, tx.init(params["classifier"])))
+        return Plan(step, features, t.readout_batch_size, n, lambda state: ({}, tx.init(state.params["classifier"])))
     bp = tuple(i for i, b in enumerate(ctx.cfg.model.blocks) if b.rule == "bp")
-    rules, transforms = _hebbian_parts(ctx, phase.hebbian, t.readout_epochs * (ctx.train.num_examples // t.readout_batch_size))
+    rules, transforms = _hebbian_parts(ctx, phase.hebbian, n * (ctx.train.num_examples // t.readout_batch_size))
     step = functools.partial(supervised_step, model=ctx.model, tx=tx, train_blocks=tuple(sorted(set(bp) | set(phase.hebbian))),
                              rules=rules, transforms=transforms, inputs=ctx.inputs)
-    return Plan(step, ctx.train, t.readout_batch_size, t.readout_epochs, lambda params: (_layer_states(transforms, params), tx.init(params)))
+    return Plan(step, ctx.train, t.readout_batch_size, n, lambda state: (_layer_states(transforms, state.params), tx.init(state.params)))
+
+
+def _reward_plan(ctx: Context, phase: Reward, n: int) -> Plan:
+    t, blocks = ctx.cfg.training, ctx.cfg.model.blocks
+    rules, transforms = _hebbian_parts(ctx, phase.blocks, n * (ctx.train.num_examples // t.unsup_batch_size))
+    gates = {i: build.dopamine_gate(blocks[i]) if phase.dopamine else None for i in phase.blocks}
+    step = functools.partial(reward_step, model=ctx.model, rules=rules, transforms=transforms, gates=gates,
+                             explore=phase.dopamine, decision=t.decision, inputs=ctx.inputs)
+
+    def init_optimisers(state: TrainState) -> tuple[Any, Any]:  # the class means carry over between the two phases
+        carried = isinstance(state.sup_opt, readout_rules.ClassMeans)
+        hidden = math.prod(ctx.shapes[-1])
+        means = state.sup_opt if carried else readout_rules.class_means_init(hidden, ctx.num_classes, t.decision_window)
+        return _layer_states(transforms, state.params), means if t.decision == "neural_prob" else ()
+
+    return Plan(step, ctx.train, t.unsup_batch_size, n, init_optimisers)
 
 
 def phase_keys(seed: int, phases: int) -> tuple[jax.Array, jax.Array, list[tuple[jax.Array, jax.Array]]]:

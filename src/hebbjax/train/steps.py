@@ -11,6 +11,7 @@ free of NaN/inf (the loop stops on ``False`` and keeps the state before the chun
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from hebbjax.data.loading import to_float
+from hebbjax.rules import readout as readout_rules
 from hebbjax.train.build import BoundRule
 from hebbjax.train.parallel import AXIS, per_device
 from hebbjax.train.plasticity import all_finite, hebbian_updates
@@ -43,6 +45,16 @@ class Inputs:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _gather(a: jax.Array) -> jax.Array:
+    """The global batch of ``a`` on every device, as a replicated value (each shard in its place, summed)."""
+    full = jnp.zeros((jax.lax.axis_size(AXIS) * a.shape[0], *a.shape[1:]), a.dtype)
+    return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(full, a, jax.lax.axis_index(AXIS) * a.shape[0], 0), AXIS)
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def _device_key(key: jax.Array) -> jax.Array:
@@ -80,16 +92,17 @@ def readout_step(
     rng = _device_key(k_drop)
 
     def loss_fn(p):
-        return cross_entropy(classifier.apply({"params": p}, batch["x"], train=True, rngs={"dropout": rng}), batch["y"])
+        logits = classifier.apply({"params": p}, batch["x"], train=True, rngs={"dropout": rng})
+        return cross_entropy(logits, batch["y"]), logits
 
     current = state.params["classifier"]
-    loss, grads = jax.value_and_grad(loss_fn)(per_device(current))
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(per_device(current))
     grads = jax.lax.pmean(grads, AXIS)
     updates, sup_opt = tx.update(grads, state.sup_opt, current)
     classifier_params = optax.apply_updates(current, updates)
-    loss = jax.lax.pmean(loss, AXIS)
     new = state.replace(params={**state.params, "classifier": classifier_params}, sup_opt=sup_opt, key=key)
-    return new, {"loss": loss, "finite": jnp.isfinite(loss) & all_finite(classifier_params)}
+    loss, accuracy = jax.lax.pmean((loss, _accuracy(logits, batch["y"])), AXIS)
+    return new, {"loss": loss, "accuracy": accuracy, "finite": jnp.isfinite(loss) & all_finite(classifier_params)}
 
 
 def supervised_step(
@@ -110,14 +123,60 @@ def supervised_step(
             {**state.variables, "params": p}, x, train_blocks=train_blocks, train_classifier=True,
             mutable=["batch_stats", "hebbian"], rngs={"dropout": _device_key(k_drop)},
         )
-        return cross_entropy(logits, batch["y"]), mut
+        return cross_entropy(logits, batch["y"]), (mut, logits)
 
-    (loss, mut), grads = jax.value_and_grad(loss_fn, has_aux=True)(per_device(state.params))
+    (loss, (mut, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(per_device(state.params))
     grads = jax.lax.pmean(grads, AXIS)
     updates, sup_opt = tx.update(grads, state.sup_opt, state.params)
     params = optax.apply_updates(state.params, updates)
     params, rule_state, opt, finite = hebbian_updates(rules, transforms, params, state.rule_state, state.opt, mut.get("hebbian", {}))
-    loss = jax.lax.pmean(loss, AXIS)
+    loss, accuracy = jax.lax.pmean((loss, _accuracy(logits, batch["y"])), AXIS)
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
                         opt=opt, sup_opt=sup_opt, key=key)
-    return new, {"loss": loss, "finite": finite & jnp.isfinite(loss) & all_finite(params)}
+    return new, {"loss": loss, "accuracy": accuracy, "finite": finite & jnp.isfinite(loss) & all_finite(params)}
+
+
+def decide(outputs: jax.Array, readout: Any, decision: str) -> jax.Array:
+    """The reward method's class decision from the last block's output: ``neural_prob`` (the class
+    means in ``readout``, :mod:`hebbjax.rules.readout`) or ``neural_dopa`` (the last block is the
+    class layer)."""
+    h = outputs.reshape(outputs.shape[0], -1)
+    if decision == "neural_prob":
+        return jnp.argmax(readout_rules.neural_prob(h, readout_rules.class_probabilities(readout)), -1)
+    return jnp.argmax(h, -1)
+
+
+def reward_step(
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, rules: Mapping[int, BoundRule],
+    transforms: Mapping[int, optax.GradientTransformation], gates: Mapping[int, Any], explore: bool, decision: str,
+    inputs: Inputs,
+) -> tuple[TrainState, Metrics]:
+    """One step of Holca-Lamarre's reward-modulated Hebbian learning.
+
+    Per sample the network decides greedily (no noise) and, when ``explore``, once more with the
+    blocks' exploration noise; reward prediction ``p = 1[greedy == explored]``, reward
+    ``r = 1[explored == label]``. Block ``i``'s update is the Hebbian update of the explored pass
+    with each sample weighted by its dopamine ``gates[i](p, r)`` (``None``: factor 1). With no
+    exploration and no gates this is :func:`hebbian_step` (the statistical phase). The class means
+    of the ``neural_prob`` decision (``state.sup_opt``) take in the greedy pass's output.
+    """
+    plastic = tuple(rules)
+    x, labels = inputs(batch["x"]), batch["y"]
+    key, k_drop, k_explore = jax.random.split(state.key, 3)
+    rngs = {"dropout": _device_key(k_drop), "explore": _device_key(k_explore)}
+    run = functools.partial(model.apply, state.variables, x, train_blocks=plastic, classify=False, rngs=rngs)
+    outputs, mut = run(explore=explore, mutable=["batch_stats", "hebbian"])
+    greedy = run(mutable=["batch_stats"])[0] if explore else outputs
+    chosen, greedy_choice = decide(outputs, state.sup_opt, decision), decide(greedy, state.sup_opt, decision)
+    predicted, received = greedy_choice == chosen, chosen == labels
+    modulations = {i: gate(predicted, received) for i, gate in gates.items() if gate is not None}
+    params, rule_state, opt, finite = hebbian_updates(rules, transforms, state.params, state.rule_state, state.opt,
+                                                      mut["hebbian"], modulations=modulations)
+    sup_opt = state.sup_opt
+    if decision == "neural_prob":  # every device adds the whole global batch, in the same order
+        sup_opt = readout_rules.class_means_update(sup_opt, _gather(greedy.reshape(greedy.shape[0], -1)), _gather(labels))
+    new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
+                        opt=opt, sup_opt=sup_opt, key=key)
+    mean = lambda a: jax.lax.pmean(jnp.mean(a.astype(jnp.float32)), AXIS)
+    metrics = {"finite": finite, "reward": mean(received), "predicted": mean(predicted), "accuracy": mean(greedy_choice == labels)}
+    return new, metrics
