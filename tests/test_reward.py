@@ -158,17 +158,18 @@ def test_the_reward_method_needs_labels_and_gateable_hebbian_blocks():
 
 def test_on_digits_the_reward_phase_improves_on_the_statistical_phase_for_every_seed():
     """Holca-Lamarre's shallow network at digits size (64 -> 49 log-weight soft-WTA -> neural_prob):
-    5 statistical epochs, then 5 reward epochs. The reward phase adds 11-18 points on these seeds
-    (measured 2026-12-02); the test asserts at least 5 for each seed and 8 on average."""
+    5 statistical epochs, then 10 reward epochs (exploration 0.5, hebbianRL's dopamine table).
+    Accuracy from the class means of the final network over train (the same for both). The reward
+    phase adds 6-10 points on these seeds, while 10 more statistical epochs lose accuracy
+    (measured 2026-12-02, experiments/README.md); the test asserts 4 points for each seed, 6 on average."""
     from hebbjax.run import load_data
     from hebbjax.train import run_phase
     from hebbjax.train.fit import accuracies
 
-    block = _block(49, patch_sum_to=100.0, activation="softmax(0.1)", explore=0.2,
-                   dopamine=DopamineConfig(enabled=True))  # hebbianRL's table
+    block = _block(49, patch_sum_to=100.0, activation="softmax(0.3)", explore=0.5, dopamine=DopamineConfig(enabled=True))
     gains = []
     for seed in range(3):
-        cfg = dataclasses.replace(_cfg([block], unsup_epochs=5, reward_epochs=5, unsup_batch_size=10, decision="neural_prob",
+        cfg = dataclasses.replace(_cfg([block], unsup_epochs=5, reward_epochs=10, unsup_batch_size=10, decision="neural_prob",
                                        decision_window=1347, eval_batch_size=450, steps_per_chunk=100), seed=seed)
         ctx = setup(cfg, load_data(cfg), progress=False)
         statistical = run_phase(ctx, 0, init_state(ctx))
@@ -176,4 +177,4 @@ def test_on_digits_the_reward_phase_improves_on_the_statistical_phase_for_every_
         before_acc, after_acc = accuracies(ctx, statistical, {})[1], accuracies(ctx, after, {})[1]
         assert before_acc > 0.4  # the statistical phase learns something already
         gains.append(after_acc - before_acc)
-    assert min(gains) > 0.05 and np.mean(gains) > 0.08, gains
+    assert min(gains) > 0.04 and np.mean(gains) > 0.06, gains

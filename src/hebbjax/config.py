@@ -94,7 +94,10 @@ class BlockConfig:
     normalize_step: bool = True  # divide each step by max |dw| (SoftHebb)
     unit_norm: bool = False  # renormalise every neuron to norm 1 after each step (Miconi)
     prune: float = 0.0  # probability that a weight is removed by a fixed random mask (Miconi)
-    positive: bool = False  # keep weights > 0 (Holca-Lamarre)
+    positive: bool = False  # keep weights > 0 (Holca-Lamarre), by `positivity`:
+    # clip: w <- max(w + dw, 1e-10) (hebbianCNN 2016) | skip: a neuron whose step would make a weight
+    # <= 0 skips that step (hebbianCNN HEAD; never adds weight mass, so negative dopamine stays bounded)
+    positivity: str = "clip"
     # reward method (training.method: reward): exploration noise on the pre-activation u in the
     # reward phase, N(0, (explore * std_neurons(u))^2) (Holca-Lamarre's noise_explore; 0: none), and
     # the dopamine gating this block's update there (dopamine.enabled: true; else factor 1)
@@ -164,8 +167,9 @@ class TrainingConfig:
     steps_per_chunk: int = 100  # optimisation steps per jit call (lax.scan)
     reward_epochs: int = 10  # method=reward: epochs with exploration and dopamine (n_epi_dopa), batch unsup_batch_size
     # method=reward: how the network decides. neural_prob: class = argmax h . P, P the per-class mean
-    # of the last block's output over the last `decision_window` training images, rows summing to 1;
-    # neural_dopa: the last block is the class layer (channels = classes), its argmax the class
+    # of the last block's output over recent training images (an exponential window of
+    # `decision_window` images), rows summing to 1; neural_dopa: the last block is the class layer
+    # (channels = classes), its argmax the class
     decision: str = "neural_prob"
     decision_window: int = 60000
 
@@ -334,6 +338,7 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
         _choice(f"{key}.implementation", b.implementation, ("auto", "xla", "patches"))
         _choice(f"{key}.lr_schedule", b.lr_schedule, ("norm", "constant", "linear_decay"))
         _choice(f"{key}.init", b.init, ("radius", "unit", "positive"))
+        _choice(f"{key}.positivity", b.positivity, ("clip", "skip"))
         for name in ("channels", "kernel", "stride", "dilation", "groups"):
             if getattr(b, name) < 1:
                 raise ConfigError(f"{key}.{name}: expected a positive integer, got {getattr(b, name)}")

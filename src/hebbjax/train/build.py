@@ -114,7 +114,7 @@ def transform(b: BlockConfig, total_steps: int, mask: Any = None) -> optax.Gradi
     if b.unit_norm:
         chain.append(rules.normalize_weights())
     if b.positive:
-        chain.append(rules.clip_positive(1e-10))
+        chain.append(rules.clip_positive(1e-10) if b.positivity == "clip" else rules.skip_nonpositive_neurons())
     return optax.chain(*chain)
 
 

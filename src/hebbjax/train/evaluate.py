@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from hebbjax.rules import readout as readout_rules
 from hebbjax.train.sources import Source
 from hebbjax.train.steps import Inputs, decide
 
@@ -60,11 +61,19 @@ def classify(classifier: nn.Module, params: Any, source: Source, *, batch_size: 
 
 
 def decisions(model: nn.Module, state: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs,
-              decision: str) -> tuple[Any, Any]:
+              decision: str, readout: Any = None) -> tuple[Any, Any]:
     """``(classes, labels)`` the reward method's network decides greedily (no exploration): by
-    the class means in ``state.sup_opt`` (``neural_prob``) or its last block (``neural_dopa``)."""
+    the class means ``readout`` (``neural_prob``; :func:`class_means`) or its last block
+    (``neural_dopa``)."""
     fn = _bound(_decide, model=model, inputs=inputs, decision=decision)
-    return source.map(fn, (state.variables, state.sup_opt), batch_size, mesh)
+    return source.map(fn, (state.variables, readout), batch_size, mesh)
+
+
+def class_means(model: nn.Module, variables: Any, source: Source, *, batch_size: int, mesh: Mesh, inputs: Inputs,
+                num_classes: int) -> Any:
+    """``neural_prob``'s class means of the network's output over every row of ``source``."""
+    h, labels = features(model, variables, source, batch_size=batch_size, mesh=mesh, inputs=inputs)
+    return readout_rules.class_means(jnp.asarray(h), jnp.asarray(labels), num_classes)
 
 
 def accuracy(predicted: Any, labels: Any) -> float:

@@ -225,9 +225,12 @@ def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[
     when no phase trained the classifier (training.readout_epochs=0)."""
     kw = dict(batch_size=ctx.cfg.training.eval_batch_size, mesh=ctx.mesh)
     n = ctx.train.num_examples
-    if ctx.cfg.training.method == "reward":
-        train = evaluate.decisions(ctx.model, state, ctx.train, decision=ctx.cfg.training.decision, inputs=ctx.inputs, **kw)
-        test = evaluate.decisions(ctx.model, state, ctx.test, decision=ctx.cfg.training.decision, inputs=ctx.inputs, **kw)
+    if ctx.cfg.training.method == "reward":  # neural_prob: the class means of the final network over train
+        decision = ctx.cfg.training.decision
+        means = evaluate.class_means(ctx.model, state.variables, ctx.train, inputs=ctx.inputs, num_classes=ctx.num_classes,
+                                     **kw) if decision == "neural_prob" else None
+        train, test = (evaluate.decisions(ctx.model, state, source, decision=decision, inputs=ctx.inputs, readout=means, **kw)
+                       for source in (ctx.train, ctx.test))
         return evaluate.accuracy(*train), evaluate.accuracy(*test)
     if not any(isinstance(phase, (Readout, Supervised)) for phase in ctx.phases):
         return None, None

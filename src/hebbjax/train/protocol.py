@@ -182,12 +182,12 @@ def _reward_plan(ctx: Context, phase: Reward, n: int) -> Plan:
     rules, transforms = _hebbian_parts(ctx, phase.blocks, n * (ctx.train.num_examples // t.unsup_batch_size))
     gates = {i: build.dopamine_gate(blocks[i]) if phase.dopamine else None for i in phase.blocks}
     step = functools.partial(reward_step, model=ctx.model, rules=rules, transforms=transforms, gates=gates,
-                             explore=phase.dopamine, decision=t.decision, inputs=ctx.inputs)
+                             explore=phase.dopamine, decision=t.decision, window=t.decision_window, inputs=ctx.inputs)
 
     def init_optimisers(state: TrainState) -> tuple[Any, Any]:  # the class means carry over between the two phases
         carried = isinstance(state.sup_opt, readout_rules.ClassMeans)
         hidden = math.prod(ctx.shapes[-1])
-        means = state.sup_opt if carried else readout_rules.class_means_init(hidden, ctx.num_classes, t.decision_window)
+        means = state.sup_opt if carried else readout_rules.class_means_init(hidden, ctx.num_classes)
         return _layer_states(transforms, state.params), means if t.decision == "neural_prob" else ()
 
     return Plan(step, ctx.train, t.unsup_batch_size, n, init_optimisers)

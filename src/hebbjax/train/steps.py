@@ -149,7 +149,7 @@ def decide(outputs: jax.Array, readout: Any, decision: str) -> jax.Array:
 def reward_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, rules: Mapping[int, BoundRule],
     transforms: Mapping[int, optax.GradientTransformation], gates: Mapping[int, Any], explore: bool, decision: str,
-    inputs: Inputs,
+    window: int, inputs: Inputs,
 ) -> tuple[TrainState, Metrics]:
     """One step of Holca-Lamarre's reward-modulated Hebbian learning.
 
@@ -158,7 +158,8 @@ def reward_step(
     ``r = 1[explored == label]``. Block ``i``'s update is the Hebbian update of the explored pass
     with each sample weighted by its dopamine ``gates[i](p, r)`` (``None``: factor 1). With no
     exploration and no gates this is :func:`hebbian_step` (the statistical phase). The class means
-    of the ``neural_prob`` decision (``state.sup_opt``) take in the greedy pass's output.
+    of the ``neural_prob`` decision (``state.sup_opt``, an exponential window of ``window``
+    samples) take in the greedy pass's output.
     """
     plastic = tuple(rules)
     x, labels = inputs(batch["x"]), batch["y"]
@@ -174,7 +175,7 @@ def reward_step(
                                                       mut["hebbian"], modulations=modulations)
     sup_opt = state.sup_opt
     if decision == "neural_prob":  # every device adds the whole global batch, in the same order
-        sup_opt = readout_rules.class_means_update(sup_opt, _gather(greedy.reshape(greedy.shape[0], -1)), _gather(labels))
+        sup_opt = readout_rules.class_means_update(sup_opt, _gather(greedy.reshape(greedy.shape[0], -1)), _gather(labels), window)
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
                         opt=opt, sup_opt=sup_opt, key=key)
     mean = lambda a: jax.lax.pmean(jnp.mean(a.astype(jnp.float32)), AXIS)
