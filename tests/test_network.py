@@ -28,6 +28,13 @@ def test_triangle_is_centered_relu_power():
     np.testing.assert_allclose(triangle(u, 0.5), [[0.0, 0.0, np.sqrt(3.0)]], rtol=1e-6)
 
 
+def test_kwta_keeps_the_k_largest_positive_values_over_channels():
+    from hebbjax.nn import apply_activation
+
+    u = jnp.array([[1.0, -2.0, 3.0, 0.5], [-1.0, -2.0, -3.0, -0.5]])
+    np.testing.assert_array_equal(apply_activation("kwta", 2, u), [[1.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+
+
 def test_pools_follow_pytorch_semantics():
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
     # avg(4,2,1): zero padding counted in the divisor (count_include_pad=True): top-left window

@@ -61,7 +61,7 @@ def test_a_rules_hyper_parameters_are_checked_before_compute(toy_rule):
         check(_compose(*[o for o in TOY if "gain" not in o]))
     with pytest.raises(ConfigError, match=r"model\.blocks\[0\]\.rule_options: \['gian'\] not read by rule 'scaled_instar'"):
         check(_compose(*TOY, "+model.blocks.0.rule_options.gian=1"))
-    with pytest.raises(ConfigError, match=r"model\.blocks\[1\]\.rule_options: a 'none' block has no rule"):
+    with pytest.raises(ConfigError, match=r"model\.blocks\[1\]\.rule_options / model\.blocks\[1\]\.rule_form: a 'none' block has no rule"):
         check(_compose(*TOY, "model.blocks.1.rule=none", "+model.blocks.1.rule_options.gain=1"))
 
 

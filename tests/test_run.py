@@ -184,7 +184,7 @@ TINY = [{"layer": "conv", "channels": 4, "kernel": 5, "stride": 4, "padding": 2,
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Small STL-10 and ImageNet archives in the original formats, prepared offline once."""
+    """Small STL-10, ImageNet and CIFAR-10 archives in the original formats, prepared offline once."""
     import tensorflow_datasets as tfds
 
     from hebbjax import testing
@@ -194,7 +194,8 @@ def prepared(tmp_path_factory):
     wnids = Path(tfds.core.tfds_path("datasets/imagenet2012/labels.txt")).read_text().split()[:3]
     testing.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20)
     testing.write_imagenet(root / "imagenet2012", wnids, per_class=4, n_val=4)
-    for name in ("stl10", "imagenet2012"):
+    testing.write_cifar_python(root / "cifar10", 10, n_train=300, n_test=100)
+    for name in ("stl10", "imagenet2012", "cifar10"):
         prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=testing.checksums(sorted((root / name).iterdir())))
     return root, tfds_dir
 
@@ -307,3 +308,19 @@ def test_a_wheel_install_runs_the_default_and_the_experiments_from_any_folder(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("tiny seed=0: test_accuracy=")
     assert json.loads((elsewhere / "run" / "results.json").read_text())["config"]["training"]["readout_epochs"] == 2
+
+
+def test_cifar_miconi_runs_on_a_cifar10_archive(prepared, tmp_path, monkeypatch):
+    """The paper's network, whitening and readouts on a generated CIFAR-10 python archive: one
+    epoch of 3 batches of 100 (the burn-in shortened to 1 batch so that learning happens)."""
+    from hebbjax.run import run
+
+    root, tfds_dir = prepared
+    monkeypatch.setenv("HEBBJAX_TFDS_DIR", str(tfds_dir))
+    overrides = ["+experiment=cifar_miconi", f"data.dir={root}", "training.unsup_epochs=1", "data.whiten_images=300",
+                 "logging.progress=false"] + [f"model.blocks.{i}.burn_in=1" for i in range(3)]
+    res = run(to_dataclass(_compose(*overrides)), tmp_path / "out")
+    assert res["block_output_shapes"] == [[14, 14, 100], [6, 6, 196], [2, 2, 400]]
+    assert (res["train_samples"], res["test_samples"]) == (300, 100)
+    assert [(layer["block"], layer["features"]) for layer in res["layers"]] == [(0, 400), (1, 784), (2, 1600)]
+    assert res["train_accuracy"] > 0.9  # 1600 features, 300 random images: the ridge fits train

@@ -33,6 +33,7 @@ ACTIVATIONS = {
     "repu": 1,  # relu(u) ** power
     "softmax": 1,  # softmax(t_invert * u) over channels
     "exp": 1, "tanh": 1, "sigmoid": 1,
+    "kwta": 1,  # relu of the k largest values over channels, 0 elsewhere (Miconi's sparse output; k = the argument)
 }
 POOLS = ("max", "avg", "sum")
 
@@ -85,6 +86,9 @@ class BlockConfig:
     homeostasis_rate: float = 3.0  # sparse_topk
     threshold_in_output: bool = True  # sparse_topk: propagate u - theta (Miconi's triangle of u - theta)
     rule_options: dict[str, Any] = field(default_factory=dict)  # hyper-parameters of a registered rule of your own
+    # explicit: the rule's update | loss: -jax.grad of the rule's surrogate loss (Miconi 2021's form;
+    # hebb, instar, oja, sparse_topk), then the same optax chain (constant lr: plain SGD)
+    rule_form: str = "explicit"
     lr: float = 0.01  # > 0; a negative rate (anti-Hebbian learning) needs anti_hebbian: true
     anti_hebbian: bool = False  # allow a negative lr: the rule's update is reversed
     # norm: lr * (| |w| - 1 | + 1e-10) ** lr_power (SoftHebb): 0 for a neuron of norm exactly 1, so
@@ -93,6 +97,7 @@ class BlockConfig:
     lr_power: float = 0.5
     normalize_step: bool = True  # divide each step by max |dw| (SoftHebb)
     unit_norm: bool = False  # renormalise every neuron to norm 1 after each step (Miconi)
+    burn_in: int = 0  # no weight update in a phase's first N batches; rule state (thresholds) adapts (Miconi: 200)
     prune: float = 0.0  # probability that a weight is removed by a fixed random mask (Miconi)
     positive: bool = False  # keep weights > 0 (Holca-Lamarre), by `positivity`:
     # clip: w <- max(w + dw, 1e-10) (hebbianCNN 2016) | skip: a neuron whose step would make a weight
@@ -148,6 +153,12 @@ class DataConfig:
     # in_memory: the dataset lives on the device(s); stream: read from the host in chunks copied
     # ahead of the step; auto: stream only the datasets too large for memory (ImageNet)
     placement: str = "auto"
+    # whole-image ZCA whitening (Miconi 2021): each image standardised, then multiplied by the ZCA
+    # matrix of `whiten_images` training images (M = E diag((lambda + whiten_eps)^-1/2) E^T),
+    # fitted once per run, kept with the network's statistics (checkpoints, load_model); on the device
+    whiten: Optional[str] = None  # null | zca
+    whiten_images: int = 9000
+    whiten_eps: float = 1e-3
 
 
 @dataclass
@@ -175,6 +186,22 @@ class TrainingConfig:
 
 
 @dataclass
+class ReadoutConfig:
+    """How the network's output (and, with ``layers``, each block's) is decoded into classes."""
+
+    # adam: SoftHebb's linear classifier trained by Adam on cached features (training.readout_*)
+    # | ridge: closed-form ridge regression on one-hot labels (Miconi 2021; scikit-learn's Ridge,
+    # intercept not penalised), solved on the device
+    kind: str = "adam"
+    alpha: float = 1.0  # ridge penalty
+    # also decode these blocks' outputs, each by its own probe of `kind`: null | all | [block indices]
+    layers: Any = None
+    # the probes' features: quadrants (mean over the 2x2 spatial quadrants: C x 4, Miconi's
+    # layerquads) | flatten
+    pool: str = "quadrants"
+
+
+@dataclass
 class LoggingConfig:
     progress: bool = True
 
@@ -198,6 +225,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -296,12 +324,18 @@ def _check_rule(key: str, b: BlockConfig) -> None:
     from hebbjax.rules import NOT_HEBBIAN, RULES
 
     if b.rule in NOT_HEBBIAN:
-        if b.rule_options:
-            raise ConfigError(f"{key}.rule_options: a {b.rule!r} block has no rule to pass them to")
+        if b.rule_options or b.rule_form != "explicit":
+            raise ConfigError(f"{key}.rule_options / {key}.rule_form: a {b.rule!r} block has no rule to pass them to")
         return
     if b.rule not in RULES:
         raise ConfigError(f"{key}.rule: expected one of {sorted(RULES) + list(NOT_HEBBIAN)}, got {b.rule!r}")
     spec = RULES[b.rule]
+    _choice(f"{key}.rule_form", b.rule_form, ("explicit", "loss"))
+    if b.rule_form == "loss" and spec.surrogate is None:
+        raise ConfigError(f"{key}.rule_form: rule {b.rule!r} has no surrogate loss (those that do: "
+                          f"{sorted(n for n, r in RULES.items() if r.surrogate is not None)})")
+    if b.rule_form == "loss" and b.dopamine.enabled:
+        raise ConfigError(f"{key}.rule_form: the surrogate-loss form takes no dopamine; use rule_form: explicit")
     hyper = rule_hyper(b, key)
     message = spec.check(hyper, b.channels) if spec.check is not None else None
     if message:
@@ -342,8 +376,8 @@ def check_blocks(blocks: list[BlockConfig], input_shape: tuple[int, ...]) -> lis
         for name in ("channels", "kernel", "stride", "dilation", "groups"):
             if getattr(b, name) < 1:
                 raise ConfigError(f"{key}.{name}: expected a positive integer, got {getattr(b, name)}")
-        if b.padding < 0:
-            raise ConfigError(f"{key}.padding: expected >= 0, got {b.padding}")
+        if b.padding < 0 or b.burn_in < 0:
+            raise ConfigError(f"{key}.padding / {key}.burn_in: expected >= 0, got {b.padding} / {b.burn_in}")
         if not 0.0 <= b.dropout < 1.0 or not 0.0 <= b.prune < 1.0:
             raise ConfigError(f"{key}.dropout/prune: expected a probability in [0, 1)")
         if b.neuron == "log_weight" and b.init != "positive":
@@ -403,13 +437,33 @@ def _check_reward(cfg: Config) -> None:
         if not b.dopamine.enabled and b.explore == 0:
             continue
         if not is_hebbian(b):
-            raise ConfigError(f"{key}.dopamine / {key}.explore: a {b.rule!r} block has no Hebbian update to gate; give them to Hebbian blocks")
+            raise ConfigError(f"{key}.dopamine / {key}.explore: a {b.rule!r} block has no Hebbian update to gate; "
+                              f"give them to Hebbian blocks")
         params = inspect.signature(getattr(RULES[b.rule].fn, "__wrapped__", RULES[b.rule].fn)).parameters
         takes = "modulation" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if b.dopamine.enabled and not takes:
             raise ConfigError(f"{key}.rule: {b.rule!r} takes no per-sample modulation, so dopamine cannot gate it")
         if b.dopamine.enabled:
             _choice(f"{key}.dopamine.map", b.dopamine.map, ("table", "linear"))
+
+
+def _check_readout(cfg: Config) -> None:
+    r, t = cfg.readout, cfg.training
+    _choice("readout.kind", r.kind, ("adam", "ridge"))
+    _choice("readout.pool", r.pool, ("quadrants", "flatten"))
+    if r.alpha <= 0:
+        raise ConfigError(f"readout.alpha: expected a positive ridge penalty, got {r.alpha}")
+    n = len(cfg.model.blocks)
+    layers = r.layers
+    if layers is not None and layers != "all" and not (isinstance(layers, (list, tuple)) and layers
+                                                       and all(isinstance(i, int) and 0 <= i < n for i in layers)):
+        raise ConfigError(f"readout.layers: expected null, all, or a list of block indices in [0, {n}), got {layers!r}")
+    if r.kind == "ridge":
+        why = ("the reward method decides by itself" if t.method == "reward" else "backprop trains the network end to end"
+               if t.method == "bp" else "its Hebbian blocks learn during the readout" if t.mode == "simultaneous"
+               else "augmented images give no fixed features" if cfg.data.augment else None)
+        if why:
+            raise ConfigError(f"readout.kind: ridge fits the classifier on cached features once, but {why}; use adam")
 
 
 def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -431,6 +485,7 @@ def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, .
     _check_reward(cfg)
     if not 0.0 <= cfg.model.classifier_dropout < 1.0:
         raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
+    _check_readout(cfg)
     c = cfg.checkpoint
     if c.every_minutes < 0 or c.keep < 1:
         raise ConfigError(f"checkpoint.every_minutes / checkpoint.keep: expected >= 0 and >= 1, got {c.every_minutes} and {c.keep}")
@@ -472,6 +527,9 @@ def check(cfg: Config, spec: Any = None) -> list[tuple[int, ...]]:
             raise ConfigError(f"{key}: unknown augmentation(s) {unknown}; expected any of {sorted(AUGMENTATIONS)}")
     _check_augment_options(d.augment_options, min(spec.image_shape[:2]))
     _choice("data.placement", d.placement, ("auto", "in_memory", "stream"))
+    _choice("data.whiten", d.whiten, (None, "zca"))
+    if d.whiten_images < 2 or d.whiten_eps <= 0:
+        raise ConfigError(f"data.whiten_images / data.whiten_eps: expected >= 2 images and eps > 0, got {d.whiten_images} / {d.whiten_eps}")
     if d.placement == "in_memory" and not spec.in_memory:
         raise ConfigError(f"data.placement: {spec.name!r} is too large for memory; use stream (or auto)")
     for key in ("limit_train", "limit_unsup"):

@@ -86,7 +86,8 @@ def open_checkpoints(cfg: Config, run_dir: Path):
 
     folder = run_dir / "checkpoints"
     if cfg.resume is None and folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(f"hydra.run.dir: {run_dir} already holds checkpoints; continue it with resume={run_dir}, or choose another run directory")
+        raise ConfigError(f"hydra.run.dir: {run_dir} already holds checkpoints; continue it with resume={run_dir}, "
+                          f"or choose another run directory")
     if not cfg.checkpoint.enabled:
         if cfg.resume is not None:
             raise ConfigError("checkpoint.enabled: resume needs checkpoints; set checkpoint.enabled=true")

@@ -10,10 +10,13 @@ from hebbjax.nn.layers import (
     positive_init,
     radius_init,
     repu,
+    standardize,
+    zca,
+    zca_matrix,
     torch_default_init,
     triangle,
     unit_norm_init,
 )
-from hebbjax.nn.network import Block, Classifier, HebbianNetwork, standardize
+from hebbjax.nn.network import Block, Classifier, HebbianNetwork
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -55,7 +55,16 @@ def apply_activation(name: str, param: float, u: Array) -> Array:
         return jax.nn.sigmoid(param * u)
     if name == "hard":
         return jax.nn.one_hot(jnp.argmax(u, -1), u.shape[-1], dtype=u.dtype)
+    if name == "kwta":
+        return kwta(u, int(param))
     raise ValueError(f"activation: unknown {name!r}")
+
+
+def kwta(u: Array, k: int = 1) -> Array:
+    """k-winners-take-all over channels: ``relu(u)`` at the ``k`` largest values, 0 elsewhere
+    (Miconi 2021's sparse propagated output, without the triangle)."""
+    kth = jax.lax.top_k(u, k)[0][..., k - 1 : k]
+    return jnp.where(u >= kth, jax.nn.relu(u), jnp.zeros((), u.dtype))
 
 
 def pool2d(kind: str, x: Array, kernel: int, stride: int, padding: int) -> Array:
@@ -152,6 +161,36 @@ class BatchNorm(nn.Module):
                 ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
                 ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * var * (n / max(n - 1, 1))
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-image ZCA whitening (Miconi 2021, HebbGrad notebook ``ZCA='IMAGE'``), on the device
+# ----------------------------------------------------------------------------------------------
+# Each image is standardised over all its values, then multiplied, as a vector of D = H W C values,
+# by M = E diag((lambda + eps)^-1/2) E^T, where E, lambda are the eigenvectors and eigenvalues of
+# T^T T / D over N standardised training images T (N, D) (the notebook divides by D; the scale only
+# sets how much eps regularises).
+
+
+def standardize(x: Array, eps: float = 1e-5) -> Array:
+    """Per sample: subtract its mean, divide by its standard deviation (over all non-batch axes;
+    Miconi 2021 before every layer, and before whitening)."""
+    axes = tuple(range(1, x.ndim))
+    return (x - jnp.mean(x, axes, keepdims=True)) / (jnp.std(x, axes, keepdims=True) + eps)
+
+
+def zca_matrix(images: Array, eps: float = 1e-3) -> Array:
+    """``M (D, D)`` from training images ``(N, H, W, C)`` (float)."""
+    t = standardize(images).reshape(images.shape[0], -1)
+    cov = t.T @ t / t.shape[1]
+    values, vectors = jnp.linalg.eigh(cov)
+    return (vectors * jax.lax.rsqrt(jnp.maximum(values, 0.0) + eps)) @ vectors.T
+
+
+def zca(images: Array, matrix: Array) -> Array:
+    """Whitened images: standardised, then ``x @ M`` (``M`` is symmetric), in their own shape."""
+    flat = standardize(images).reshape(images.shape[0], -1)
+    return (flat @ matrix).reshape(images.shape)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,19 +19,15 @@ Variables of a :class:`HebbianNetwork`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.nn.layers import BatchNorm, Dropout, torch_default_init, triangle
+from hebbjax.nn.layers import BatchNorm, Dropout, standardize, torch_default_init, triangle, zca
 from hebbjax.rules.linear import Array
-
-
-def standardize(x: Array, eps: float = 1e-5) -> Array:
-    """Per-sample standardisation over all non-batch axes (Miconi 2021)."""
-    axes = tuple(range(1, x.ndim))
-    return (x - jnp.mean(x, axes, keepdims=True)) / (jnp.std(x, axes, keepdims=True) + eps)
 
 
 def identity(x: Array) -> Array:
@@ -136,19 +132,25 @@ class HebbianNetwork(nn.Module):
     and running-stat updates, dropout); the others in evaluation mode. ``upto`` stops after that
     many blocks (features of a prefix of the network); ``classify=False`` returns the features;
     ``explore`` adds the blocks' exploration noise (:class:`Block`).
-    ``axis_name`` is given to every block's BatchNorm (data-parallel training).
+    ``axis_name`` is given to every block's BatchNorm (data-parallel training). ``whiten``: the
+    input is ZCA-whitened first (:func:`hebbjax.nn.layers.zca`) by the matrix in
+    ``batch_stats/whiten_matrix`` (identity at initialisation; the training code fits it).
     """
 
     blocks: Sequence[Block]
     num_classes: int
     classifier_dropout: float = 0.5
     axis_name: str | None = None
+    whiten: bool = False
 
     @nn.compact
     def __call__(
         self, x: Array, train_blocks: Sequence[int] = (), upto: int | None = None,
         classify: bool = True, train_classifier: bool = False, explore: bool = False,
     ) -> Array:
+        if self.whiten:
+            d = math.prod(x.shape[1:])
+            x = zca(x, self.variable("batch_stats", "whiten_matrix", lambda: jnp.eye(d, dtype=x.dtype)).value)
         n = len(self.blocks) if upto is None else upto
         for i in range(n):
             block = self.blocks[i].clone(parent=self, name=f"block_{i}", axis_name=self.axis_name)

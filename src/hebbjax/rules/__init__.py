@@ -28,12 +28,14 @@ from hebbjax.rules.plasticity import (
     softhebb_signal,
     sparse_topk,
     sparse_topk_init,
+    sparse_topk_signal,
     topk_binary_signal,
     winner_mask,
 )
 from hebbjax.rules.registry import NOT_HEBBIAN, RULES, RuleSpec, register_rule
-from hebbjax.rules.surrogate import hebb_loss, instar_loss, oja_loss
+from hebbjax.rules.surrogate import LOSSES, hebb_loss, instar_loss, loss_of_activations, oja_loss
 from hebbjax.rules.transforms import (
+    burn_in,
     clip_positive,
     mask_weights,
     neuron_norms,

@@ -51,7 +51,8 @@ def dopamine_from_table(predicted: Array, received: Array, table: DopamineTable 
     p, r = predicted.astype(jnp.float32), received.astype(jnp.float32)
     for name, v in (("predicted", p), ("received", r)):
         if not isinstance(v, jax.core.Tracer) and not bool(jnp.all((v >= 0) & (v <= 1))):
-            raise ValueError(f"{name}: expected booleans, 0/1 or probabilities in [0, 1], got values in [{float(v.min())}, {float(v.max())}]")
+            raise ValueError(f"{name}: expected booleans, 0/1 or probabilities in [0, 1], "
+                             f"got values in [{float(v.min())}, {float(v.max())}]")
     return ((1 - p) * (1 - r) * table.no_reward + (1 - p) * r * table.unpredicted_reward
             + p * r * table.predicted_reward + p * (1 - r) * table.omitted_reward)
 

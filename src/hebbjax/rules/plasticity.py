@@ -221,14 +221,21 @@ def sparse_topk(
     ``theta_j <- theta_j + homeostasis_rate * (mean_{b,p} y_j - k / N)``. ``axis_name`` averages the
     firing rate across devices inside ``shard_map``.
     """
-    u = _competitive(activations, "sparse_topk")
+    y, new_state = sparse_topk_signal(_competitive(activations, "sparse_topk"), state, k=k, homeostasis_rate=homeostasis_rate,
+                                      axis_name=axis_name)
+    rate = {"instar": y, "hebb": None, "oja": y * y}[decay]
+    return _rule(params, activations, y, rate, modulation), new_state
+
+
+def sparse_topk_signal(
+    u: Array, state: SparseTopKState, *, k: int = 1, homeostasis_rate: float | Array = 3.0, axis_name: str | None = None,
+) -> tuple[Array, SparseTopKState]:
+    """:func:`sparse_topk`'s post-synaptic signal and its homeostatic threshold update:
+    ``y = topk_binary_signal(u - theta, k)``, ``theta <- theta + rate * (mean firing - k / N)``."""
     if state.threshold.shape != (u.shape[-1],):
         raise _shape_error("state.threshold", f"one threshold per neuron, ({u.shape[-1]},)", state.threshold)
     y = topk_binary_signal(u - state.threshold, k)
-    rate = {"instar": y, "hebb": None, "oja": y * y}[decay]
-    updates = _rule(params, activations, y, rate, modulation)
     firing = per_neuron_sum(y) / (y.size // y.shape[-1])
     if axis_name is not None:
         firing = jax.lax.pmean(firing, axis_name)
-    threshold = state.threshold + homeostasis_rate * (firing - k / u.shape[-1])
-    return updates, SparseTopKState(threshold)
+    return y, SparseTopKState(state.threshold + homeostasis_rate * (firing - k / u.shape[-1]))

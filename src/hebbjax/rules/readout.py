@@ -56,3 +56,20 @@ def class_probabilities(state: ClassMeans, eps: float = 1e-12) -> Array:
 def neural_prob(activity: Array, probabilities: Array) -> Array:
     """Class scores ``h @ P`` of a batch of activities ``(B, hidden)``."""
     return activity @ probabilities
+
+
+def ridge(features: Array, labels: Array, classes: int, alpha: float = 1.0) -> tuple[Array, Array]:
+    """Ridge regression of one-hot labels on ``features (N, D)``: ``(W (D, classes), b (classes,))``
+    minimising ``|Y - X W - b|^2 + alpha |W|^2`` with the intercept unpenalised (scikit-learn's
+    ``Ridge(alpha)``, which Miconi 2021 decodes with); the class is ``argmax(x W + b)``.
+
+    Solved from the normal equations ``(Xc^T Xc + alpha I) W = Xc^T Yc`` of the centred data, the
+    Gram matrix computed as ``X^T X - N m m^T`` (no centred copy of a large ``X``), in float64
+    when JAX has it enabled, else float32."""
+    n = features.shape[0]
+    y = jax.nn.one_hot(labels, classes, dtype=features.dtype)
+    mean_x, mean_y = jnp.mean(features, 0), jnp.mean(y, 0)
+    gram = features.T @ features - n * jnp.outer(mean_x, mean_x)
+    xty = features.T @ y - n * jnp.outer(mean_x, mean_y)
+    w = jax.scipy.linalg.solve(gram + alpha * jnp.eye(gram.shape[0], dtype=gram.dtype), xty, assume_a="pos")
+    return w, mean_y - mean_x @ w

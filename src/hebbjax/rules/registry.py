@@ -22,8 +22,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
+from hebbjax.rules.hebbian import _vary_like
 from hebbjax.rules.linear import Activations, Array, Params
 from hebbjax.rules.plasticity import (
     SparseTopKState,
@@ -35,7 +37,9 @@ from hebbjax.rules.plasticity import (
     soft_wta,
     softhebb,
     sparse_topk,
+    sparse_topk_signal,
 )
+from hebbjax.rules.surrogate import loss_of_activations
 
 State = dict[str, Array]
 
@@ -55,6 +59,9 @@ class RuleSpec:
       output_shift: ``output_shift(state) -> array`` subtracted from ``u`` before the block's
         activation when the block sets ``threshold_in_output`` (Miconi's ``u - theta``).
       check: ``check(hyper, num_neurons) -> message or None``, run on the config before compute.
+      surrogate: for a rule that is minus the gradient of a loss (Miconi 2021),
+        ``surrogate(params, activations, state, *, axis_name, **hyper) -> (loss_fn, new_state)``
+        with ``-jax.grad(loss_fn)(params) == the rule's update`` (:meth:`update_by_loss`).
     """
 
     fn: Callable[..., Any]
@@ -63,6 +70,19 @@ class RuleSpec:
     init_state: Callable[[int], State] | None = None
     output_shift: Callable[[State], Array] | None = None
     check: Callable[[Mapping[str, Any], int], str | None] | None = None
+    surrogate: Callable[..., tuple[Callable[[Params], Array], State | None]] | None = None
+
+    def update_by_loss(
+        self, params: Params, activations: Activations, state: State | None, *, hyper: Mapping[str, Any],
+        axis_name: str | None = None, modulation: Array | None = None,
+    ) -> tuple[Params, State | None]:
+        """The update as Miconi computes it: ``-jax.grad`` of the rule's surrogate loss (a local sum
+        inside ``shard_map``: the caller reduces it across devices, as with :meth:`update`)."""
+        if modulation is not None:
+            raise ValueError("modulation: the surrogate-loss form takes no per-sample factor; use the explicit rule")
+        loss, new_state = self.surrogate(params, activations, state, axis_name=axis_name, **hyper)
+        local = jax.tree_util.tree_map(lambda p: _vary_like(p, activations.x), params)  # this device's gradient
+        return jax.tree_util.tree_map(jnp.negative, jax.grad(loss)(local)), new_state
 
     def update(
         self,
@@ -96,6 +116,7 @@ def register_rule(
     init_state: Callable[[int], State] | None = None,
     output_shift: Callable[[State], Array] | None = None,
     check: Callable[[Mapping[str, Any], int], str | None] | None = None,
+    surrogate: Callable[..., Any] | None = None,
     replace: bool = False,
 ) -> RuleSpec:
     """Register ``fn`` under ``name`` (see :class:`RuleSpec`); returns the entry."""
@@ -103,7 +124,7 @@ def register_rule(
         raise ValueError(f"name: {name!r} is reserved (blocks trained by backprop / frozen)")
     if name in RULES and not replace:
         raise ValueError(f"name: a rule {name!r} is already registered; pass replace=True to replace it")
-    spec = RuleSpec(fn, tuple(hyper), given_y, init_state, output_shift, check)
+    spec = RuleSpec(fn, tuple(hyper), given_y, init_state, output_shift, check, surrogate)
     RULES[name] = spec
     return spec
 
@@ -123,9 +144,22 @@ def _in_range(name: str, low: int, high_name: str = "channels"):
     return check
 
 
-register_rule("hebb", hebb, given_y=True)
-register_rule("instar", instar, given_y=True)
-register_rule("oja", oja, given_y=True)
+def _given_y_surrogate(kind: str):
+    def surrogate(params, activations, state, *, axis_name=None):
+        y = activations.u if activations.y is None else activations.y
+        return (lambda p: loss_of_activations(kind, p, activations, y)), state
+
+    return surrogate
+
+
+def _sparse_topk_surrogate(params, activations, state, *, k, homeostasis_rate, axis_name=None):
+    y, new = sparse_topk_signal(activations.u, SparseTopKState(**state), k=k, homeostasis_rate=homeostasis_rate, axis_name=axis_name)
+    return (lambda p: loss_of_activations("instar", p, activations, y)), new._asdict()
+
+
+register_rule("hebb", hebb, given_y=True, surrogate=_given_y_surrogate("hebb"))
+register_rule("instar", instar, given_y=True, surrogate=_given_y_surrogate("instar"))
+register_rule("oja", oja, given_y=True, surrogate=_given_y_surrogate("oja"))
 register_rule("softhebb", softhebb, hyper=("t_invert",))
 register_rule("soft_wta", soft_wta, hyper=("t_invert",))
 register_rule("hard_wta", hard_wta)
@@ -137,4 +171,5 @@ register_rule(
     init_state=lambda n: {"threshold": jnp.zeros((n,), jnp.float32)},
     output_shift=lambda state: state["threshold"],
     check=_in_range("k", 1),
+    surrogate=_sparse_topk_surrogate,
 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules.linear import Array, LinearMap, Params, kernel_of, observe
+from hebbjax.rules.linear import Activations, Array, LinearMap, Params, kernel_of, observe
 
 sg = jax.lax.stop_gradient
 
@@ -49,3 +49,23 @@ def oja_loss(params: Params, x: Array, y: Array, *, linear: LinearMap) -> Array:
     u, sq_norm = _u_and_sq_norms(linear, params, x, y)
     y = sg(y)
     return -jnp.sum(y * u) + 0.5 * jnp.sum(y * y * sq_norm)
+
+
+#: The surrogate of each rule whose update is minus its gradient (Miconi 2021).
+LOSSES = {"hebb": hebb_loss, "instar": instar_loss, "oja": oja_loss}
+
+
+def loss_of_activations(kind: str, params: Params, activations: Activations, y: Array) -> Array:
+    """The ``kind`` surrogate loss on what a layer exposed (``activations.x`` already padded), with
+    post-synaptic signal ``y``: ``-jax.grad`` of it w.r.t. ``params`` is that rule's update."""
+    kernel = kernel_of(params)
+    u = activations.linear(kernel, activations.x)
+    sq_norm = jnp.sum(kernel * kernel, axis=tuple(range(kernel.ndim - 1)))
+    y = sg(y)
+    if kind == "hebb":
+        return -jnp.sum(y * u)
+    if kind == "instar":
+        return -jnp.sum(y * (u - 0.5 * sq_norm))
+    if kind == "oja":
+        return -jnp.sum(y * u) + 0.5 * jnp.sum(y * y * sq_norm)
+    raise ValueError(f"kind: expected one of {sorted(LOSSES)}, got {kind!r}")

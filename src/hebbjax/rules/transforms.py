@@ -20,7 +20,7 @@ scaled by the scalar learning rate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +158,19 @@ def skip_nonpositive_neurons() -> optax.GradientTransformation:
         return jnp.where(ok, new, old)
 
     return _project(project, floor=lambda w: jnp.asarray(jnp.finfo(w.dtype).tiny, w.dtype))
+
+
+class BurnInState(NamedTuple):
+    count: Array
+
+
+def burn_in(steps: int) -> optax.GradientTransformation:
+    """No update for the first ``steps`` calls, then the updates as they come (Miconi 2021: learning
+    starts after 200 burn-in batches, while the homeostatic thresholds already adapt)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        on = (state.count >= steps).astype(jnp.float32)
+        return jax.tree_util.tree_map(lambda u: u * on.astype(u.dtype), updates), BurnInState(state.count + 1)
+
+    return optax.GradientTransformation(lambda params: BurnInState(jnp.zeros((), jnp.int32)), update_fn)

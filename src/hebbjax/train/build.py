@@ -71,9 +71,10 @@ def block(b: BlockConfig) -> Block:
     )
 
 
-def network(model: ModelConfig, num_classes: int, axis_name: str | None = None) -> HebbianNetwork:
-    """The network of a (resolved, :func:`hebbjax.config.resolve`) model config."""
-    return HebbianNetwork(tuple(block(b) for b in model.blocks), num_classes, model.classifier_dropout, axis_name)
+def network(model: ModelConfig, num_classes: int, axis_name: str | None = None, whiten: bool = False) -> HebbianNetwork:
+    """The network of a (resolved, :func:`hebbjax.config.resolve`) model config; ``whiten``: ZCA
+    first (``data.whiten: zca``)."""
+    return HebbianNetwork(tuple(block(b) for b in model.blocks), num_classes, model.classifier_dropout, axis_name, whiten)
 
 
 def plastic_blocks(blocks: Sequence[BlockConfig]) -> tuple[int, ...]:
@@ -82,8 +83,10 @@ def plastic_blocks(blocks: Sequence[BlockConfig]) -> tuple[int, ...]:
 
 
 def bound_rule(b: BlockConfig) -> BoundRule:
-    """The block's registered rule with its hyper-parameters bound."""
-    return functools.partial(rules.RULES[b.rule].update, hyper=rule_hyper(b))
+    """The block's registered rule with its hyper-parameters bound: its explicit update, or minus
+    the gradient of its surrogate loss (``rule_form: loss``)."""
+    spec = rules.RULES[b.rule]
+    return functools.partial(spec.update_by_loss if b.rule_form == "loss" else spec.update, hyper=rule_hyper(b))
 
 
 def dopamine_gate(b: BlockConfig) -> Callable | None:
@@ -99,7 +102,8 @@ def dopamine_gate(b: BlockConfig) -> Callable | None:
 
 def transform(b: BlockConfig, total_steps: int, mask: Any = None) -> optax.GradientTransformation:
     """The block's update post-processing: max-abs step normalisation, learning rate (norm-dependent,
-    constant or linearly decaying to 0 over ``total_steps``), pruning mask, unit norm, positivity."""
+    constant or linearly decaying to 0 over ``total_steps``), pruning mask, unit norm, positivity,
+    burn-in (no update for the phase's first ``burn_in`` steps)."""
     chain = []
     if b.normalize_step:
         chain.append(rules.scale_by_max_abs())
@@ -115,6 +119,8 @@ def transform(b: BlockConfig, total_steps: int, mask: Any = None) -> optax.Gradi
         chain.append(rules.normalize_weights())
     if b.positive:
         chain.append(rules.clip_positive(1e-10) if b.positivity == "clip" else rules.skip_nonpositive_neurons())
+    if b.burn_in:
+        chain.append(rules.burn_in(b.burn_in))
     return optax.chain(*chain)
 
 
@@ -136,4 +142,16 @@ def apply_masks(params: dict, masks: dict[int, Any]) -> dict:
     for i, m in masks.items():
         name = f"block_{i}"
         params[name] = {**params[name], "layer": jax.tree_util.tree_map(lambda w, mm: w * mm, params[name]["layer"], m)}
+    return params
+
+
+def initial_projection(blocks: Sequence[BlockConfig], params: dict) -> dict:
+    """Initial weights on the constraint sets of their blocks: unit-norm neurons (after the pruning
+    mask, as Miconi 2021 initialises: masked, then normalised)."""
+    params = dict(params)
+    for i, b in enumerate(blocks):
+        if b.unit_norm and is_hebbian(b):
+            name = f"block_{i}"
+            kernel = params[name]["layer"]["kernel"]
+            params[name] = {**params[name], "layer": {**params[name]["layer"], "kernel": kernel / (rules.neuron_norms(kernel) + 1e-12)}}
     return params

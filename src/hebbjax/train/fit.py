@@ -17,17 +17,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
-from hebbjax.config import Config, check_config, check_sizes, resolve
+from hebbjax.config import Config, ConfigError, check_config, check_sizes, resolve
 from hebbjax.data.loading import Dataset
-from hebbjax.nn import Classifier, HebbianNetwork
-from hebbjax.train import build, evaluate, state as state_lib
+from hebbjax.nn import Classifier, HebbianNetwork, zca_matrix
+from hebbjax.train import build, evaluate, probes, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
 from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
 from hebbjax.train.parallel import AXIS, check_batch, make_mesh, replicate
 from hebbjax.train import protocol
-from hebbjax.train.protocol import Phase, Readout, Reward, Supervised, phase_keys, plan
+from hebbjax.train.protocol import Phase, Readout, RidgeReadout, Supervised, phase_keys, plan
 from hebbjax.train.sources import DeviceSource, Source, StreamSource, concat, place
 from hebbjax.train.state import TrainState
 from hebbjax.train.steps import Inputs
@@ -107,10 +108,12 @@ def setup(cfg: Config, data: Data, *, mesh: Mesh | None = None, progress: bool =
     check_sizes(cfg, train.num_examples, unsup.num_examples)
     plastic = build.plastic_blocks(cfg.model.blocks)
     cached = not cfg.data.augment and train.resident and test.resident and not any(b.rule == "bp" for b in cfg.model.blocks)
+    if cfg.readout.kind == "ridge" and not cached:
+        raise ConfigError("readout.kind: ridge fits on features cached on the device; these splits are streamed (data.placement)")
     phases = protocol.phases(cfg, plastic, cached)
     keys = phase_keys(cfg.seed, len(phases))
     num_classes = data.train.num_classes
-    model = build.network(cfg.model, num_classes, AXIS)
+    model = build.network(cfg.model, num_classes, AXIS, whiten=cfg.data.whiten == "zca")
     shapes_of_params = jax.eval_shape(lambda: _init_variables(model, train.image_shape, keys[0], dtype))["params"]
     return Context(
         cfg=cfg, model=model, classifier=Classifier(num_classes, cfg.model.classifier_dropout), mesh=mesh,
@@ -131,9 +134,19 @@ def init_state(ctx: Context) -> TrainState:
     """The state before the first phase: initial variables, pruning masks applied, replicated."""
     dtype = jnp.asarray(1.0).dtype
     variables = jax.jit(lambda key: _init_variables(ctx.model, ctx.train.image_shape, key, dtype))(ctx.keys[0])
-    variables["params"] = build.apply_masks(variables["params"], ctx.masks)
+    variables["params"] = build.initial_projection(ctx.cfg.model.blocks, build.apply_masks(variables["params"], ctx.masks))
+    if ctx.cfg.data.whiten == "zca":
+        variables["batch_stats"] = {**variables["batch_stats"], "whiten_matrix": whitening_matrix(ctx)}
     first_key = ctx.keys[2][0][0] if ctx.phases else ctx.keys[0]
     return replicate(state_lib.create(variables, first_key), ctx.mesh)
+
+
+def whitening_matrix(ctx: Context) -> jax.Array:
+    """The ZCA matrix of ``data.whiten_images`` training images drawn by the run's seed (the same on a resume)."""
+    d, n = ctx.cfg.data, ctx.train.num_examples
+    index = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(ctx.keys[0], 1), n))[: min(d.whiten_images, n)])
+    images = ctx.inputs(jnp.asarray(ctx.train.take(index)))
+    return jax.jit(zca_matrix, static_argnums=1)(images, d.whiten_eps)
 
 
 def begin(ctx: Context, p: int, state: TrainState) -> TrainState:
@@ -183,12 +196,15 @@ def run_phase(
     if int(state.phase) != p or int(state.step) == 0:
         state = begin(ctx, p, state)
     features = None
-    log.info("phase %d/%d (%s): %s", p + 1, len(ctx.phases), phase.name, "starting" if int(state.step) == 0 else f"resuming at step {int(state.step)}")
-    if isinstance(phase, Readout):
+    start_or_resume = "starting" if int(state.step) == 0 else f"resuming at step {int(state.step)}"
+    log.info("phase %d/%d (%s): %s", p + 1, len(ctx.phases), phase.name, start_or_resume)
+    if isinstance(phase, (Readout, RidgeReadout)):
         log.info("%s: extracting the features of %d images", phase.name, ctx.train.num_examples + ctx.test.num_examples)
         start = time.perf_counter()
         features = cache["features"] = cached_features(ctx, state)
         record.seconds["feature_extraction"] += time.perf_counter() - start
+    if isinstance(phase, RidgeReadout):
+        return _ridge_phase(ctx, p, state, record, features, checkpoints)
     how = plan(ctx, phase, features)
     steps_per_epoch = how.source.num_examples // how.batch_size
     total = how.epochs * steps_per_epoch
@@ -219,6 +235,19 @@ def run_phase(
     return state
 
 
+def _ridge_phase(ctx: Context, p: int, state: TrainState, record: Record, features: DeviceSource,
+                 checkpoints: Checkpoints | None) -> TrainState:
+    """The ridge readout: the classifier in closed form from the cached features."""
+    start = time.perf_counter()
+    classifier = probes.fit_ridge(features, ctx.num_classes, ctx.cfg.readout.alpha)
+    state = replicate(state.replace(params={**state.params, "classifier": classifier}, step=jnp.ones((), jnp.int32)), ctx.mesh)
+    record.seconds["readout"] += time.perf_counter() - start
+    log.info("phase %d/%d (%s): solved in %.1f s", p + 1, len(ctx.phases), ctx.phases[p].name, time.perf_counter() - start)
+    if checkpoints is not None:
+        checkpoints.save(state, checkpoint_meta(ctx, p, 1, 1, record), force=True)
+    return state
+
+
 def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[float | None, float | None]:
     """(train, test) accuracy: from the cached features when the readout used them, else of the
     whole network (one compiled pass over train and test when both are on the device); None
@@ -232,9 +261,9 @@ def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[
         train, test = (evaluate.decisions(ctx.model, state, source, decision=decision, inputs=ctx.inputs, readout=means, **kw)
                        for source in (ctx.train, ctx.test))
         return evaluate.accuracy(*train), evaluate.accuracy(*test)
-    if not any(isinstance(phase, (Readout, Supervised)) for phase in ctx.phases):
+    if not any(isinstance(phase, (Readout, RidgeReadout, Supervised)) for phase in ctx.phases):
         return None, None
-    if isinstance(ctx.phases[-1], Readout):
+    if isinstance(ctx.phases[-1], (Readout, RidgeReadout)):
         features = cache.get("features") or cached_features(ctx, state)
         pred, labels = evaluate.classify(ctx.classifier, state.params["classifier"], features, **kw)
     elif ctx.train.resident and ctx.test.resident:
@@ -273,6 +302,8 @@ def fit(
     for p in range(first, len(ctx.phases)):
         state = run_phase(ctx, p, state, record, cache=cache, checkpoints=checkpoints)
     train_acc, test_acc = accuracies(ctx, state, cache)
+    cache.clear()  # the cached features: memory for the probes
+    layers = probes.probe_layers(ctx, state) if ctx.cfg.readout.layers is not None else None
     unsup = record.seconds["unsupervised"]
     results = {
         "test_accuracy": test_acc,
@@ -285,5 +316,6 @@ def fit(
         "unsup_samples": ctx.unsup.num_examples,
         "streamed": not ctx.train.resident,
         "resumed_from": resumed_from,
+        "layers": layers,
     }
     return results, state

@@ -9,8 +9,10 @@
 
 The readout is :class:`Readout` (the classifier on features computed once) when the features are
 fixed (no augmentation, no backprop block, both splits on the device), else :class:`Supervised`.
-``training.method`` only changes the blocks (:func:`hebbjax.config.resolve`): ``bp`` has no Hebbian
-block, so its protocol is one :class:`Supervised` phase; ``random`` only the readout.
+``training.method`` ``bp`` / ``random`` only change the blocks (:func:`hebbjax.config.resolve`):
+``bp`` has no Hebbian block, so its protocol is one :class:`Supervised` phase; ``random`` only the
+readout. ``reward`` (Holca-Lamarre) is two :class:`Reward` phases, statistical then with dopamine,
+and no readout: the network decides by itself. A phase of zero epochs is left out.
 """
 
 from __future__ import annotations
@@ -81,33 +83,46 @@ class Reward:
         return "reward" if self.dopamine else "statistical"
 
 
-Phase = Hebbian | Readout | Supervised | Reward
+@dataclasses.dataclass(frozen=True)
+class RidgeReadout:
+    """The linear classifier on the frozen network's cached features, by ridge regression on
+    one-hot labels (``readout.kind: ridge``, Miconi 2021): a closed form, no steps."""
+
+    name: ClassVar[str] = "ridge readout"
+    timing: ClassVar[str] = "readout"
 
 
-def _readout(cached: bool) -> list[Phase]:
-    return [Readout()] if cached else [Supervised()]
+Phase = Hebbian | Readout | RidgeReadout | Supervised | Reward
 
 
-#: training.mode -> phases(Hebbian blocks, readout on cached features?)
-MODES: dict[str, Callable[[tuple[int, ...], bool], list[Phase]]] = {
-    "successive": lambda plastic, cached: [Hebbian((i,)) for i in plastic] + _readout(cached),
-    "consecutive": lambda plastic, cached: ([Hebbian(plastic)] if plastic else []) + _readout(cached),
-    "simultaneous": lambda plastic, cached: [Supervised(hebbian=plastic)],
+#: training.mode -> phases(Hebbian blocks, the readout phase)
+MODES: dict[str, Callable[[tuple[int, ...], Phase], list[Phase]]] = {
+    "successive": lambda plastic, readout: [Hebbian((i,)) for i in plastic] + [readout],
+    "consecutive": lambda plastic, readout: ([Hebbian(plastic)] if plastic else []) + [readout],
+    "simultaneous": lambda plastic, readout: [Supervised(hebbian=plastic)],
 }
 
 
 def phases(cfg: Config, plastic: tuple[int, ...], cached: bool) -> tuple[Phase, ...]:
-    """The protocol of a (resolved) config: the reward method's two phases, else its mode's; a
-    phase of zero epochs is left out (training.readout_epochs=0: no readout, no accuracy)."""
+    """The protocol of a (resolved) config: the reward method's two phases, else its mode's with
+    the readout on cached features when they can be cached (``cached``); a phase of zero epochs is
+    left out (training.readout_epochs=0: no readout, no accuracy)."""
     t = cfg.training
-    listed = [Reward(plastic, False), Reward(plastic, True)] if t.method == "reward" else MODES[t.mode](plastic, cached)
+    if t.method == "reward":
+        listed = [Reward(plastic, False), Reward(plastic, True)]
+    else:
+        readout = (RidgeReadout() if cfg.readout.kind == "ridge" else Readout()) if cached else Supervised()
+        listed = MODES[t.mode](plastic, readout)
     return tuple(phase for phase in listed if epochs(cfg, phase) > 0)
 
 
 def epochs(cfg: Config, phase: Phase) -> int:
+    """Epochs of ``phase`` (1 for the closed-form ridge readout)."""
     t = cfg.training
     if isinstance(phase, Reward):
         return t.reward_epochs if phase.dopamine else t.unsup_epochs
+    if isinstance(phase, RidgeReadout):
+        return 1
     return t.unsup_epochs if isinstance(phase, Hebbian) else t.readout_epochs
 
 
@@ -166,6 +181,8 @@ def plan(ctx: Context, phase: Phase, features: Source | None = None) -> Plan:
         return Plan(step, ctx.unsup, t.unsup_batch_size, n, lambda state: (_layer_states(transforms, state.params), ()))
     if isinstance(phase, Reward):
         return _reward_plan(ctx, phase, n)
+    if isinstance(phase, RidgeReadout):  # closed form (hebbjax.train.probes.fit_ridge): no step
+        return Plan(None, features, t.readout_batch_size, n, lambda state: ({}, ()))
     tx = readout_optimiser(ctx)
     if isinstance(phase, Readout):
         step = functools.partial(readout_step, classifier=ctx.classifier, tx=tx)

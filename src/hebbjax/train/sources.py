@@ -60,6 +60,9 @@ class Source(Protocol):
     def map(self, fn: Callable, args: Any, batch_size: int, mesh: Mesh) -> tuple[Any, Any]:
         """``(fn(args, x) for every row in order, labels)``; ``fn`` is row-wise."""
 
+    def take(self, index: np.ndarray) -> Any:
+        """The inputs of rows ``index`` (as stored: uint8 or float)."""
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DeviceSource:
@@ -98,6 +101,9 @@ class DeviceSource:
 
     def map(self, fn, args, batch_size, mesh):
         return _mapper(fn, mesh, batch_size)(args, self.arrays["x"]), self.arrays["y"]
+
+    def take(self, index):
+        return self.arrays["x"][jnp.asarray(index)]
 
 
 def place(data: Dataset | StreamSource, mesh: Mesh, dtype: Any = jnp.float32) -> DeviceSource | StreamSource:
@@ -169,6 +175,13 @@ class StreamSource:
         try:
             for host, ok in stack(stream, steps):
                 yield (put_batches(host, mesh), ok), ok
+        finally:
+            close(stream)
+
+    def take(self, index):
+        stream = self.read([np.asarray(index)])
+        try:
+            return next(iter(stream))[0]
         finally:
             close(stream)
 
