@@ -81,6 +81,8 @@ def test_the_four_cases_give_the_tables_dopamine_per_sample():
     expected = w["kernel"] + 0.01 * sum(d * u for d, u in zip(dopamine, per_sample))
     np.testing.assert_allclose(new.params["block_0"]["layer"]["kernel"], expected, rtol=1e-4, atol=1e-5)
     assert float(metrics["predicted"]) == pytest.approx(predicted.mean()) and float(metrics["reward"]) == pytest.approx(0.5)
+    cases = np.bincount(2 * predicted.astype(int) + received.astype(int), minlength=4)
+    np.testing.assert_array_equal(np.asarray(metrics["cases"]), cases)  # the dopamine histogram of the step
 
 
 def test_with_dopamine_one_and_no_exploration_the_reward_step_is_the_hebbian_step():

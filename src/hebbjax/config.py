@@ -202,8 +202,26 @@ class ReadoutConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases (optional): the resolved config, metrics, pictures and results of a run.
+    ``offline`` writes a run folder under the run directory that ``wandb sync`` uploads later;
+    a run never fails because wandb is unreachable (it warns and goes on without it)."""
+
+    enabled: bool = False
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "hebbjax"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LoggingConfig:
-    progress: bool = True
+    progress: bool = True  # progress bars on the console
+    metrics: bool = True  # <run dir>/metrics.jsonl: one JSON line per chunk, epoch and phase
+    diagnostics_every: int = 10  # Hebbian diagnostics every N chunks (0: none; always at a phase's end)
+    probe_images: int = 256  # the diagnostics' probe batch: the first N images of the phase's split
+    plots: bool = True  # <run dir>/plots/*.png at the end of each phase
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -486,6 +504,10 @@ def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, .
     if not 0.0 <= cfg.model.classifier_dropout < 1.0:
         raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
     _check_readout(cfg)
+    lg = cfg.logging
+    _choice("logging.wandb.mode", lg.wandb.mode, ("online", "offline", "disabled"))
+    if lg.diagnostics_every < 0 or lg.probe_images < 1:
+        raise ConfigError(f"logging.diagnostics_every / logging.probe_images: expected >= 0 and >= 1, got {lg.diagnostics_every} / {lg.probe_images}")
     c = cfg.checkpoint
     if c.every_minutes < 0 or c.keep < 1:
         raise ConfigError(f"checkpoint.every_minutes / checkpoint.keep: expected >= 0 and >= 1, got {c.every_minutes} and {c.keep}")

@@ -129,29 +129,34 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             return results
     enable_compilation_cache()
     from hebbjax.train import fit
+    from hebbjax.train.monitor import Monitor
 
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = open_checkpoints(cfg, run_dir)
     data = load_data(cfg)
+    monitor = Monitor(cfg, run_dir, resolved if resolved is not None else dataclasses.asdict(cfg))
     try:
-        results, _ = fit(cfg, data, progress=cfg.logging.progress, checkpoints=checkpoints)
+        results, _ = fit(cfg, data, progress=cfg.logging.progress, checkpoints=checkpoints, monitor=monitor)
+        if checkpoints is not None:
+            checkpoints.close()
+            results["seconds"]["checkpoint_saves"] = checkpoints.save_seconds
+        results["seconds"]["wall_total"] = time.perf_counter() - start
+        results = {
+            "experiment": cfg.experiment,
+            "seed": cfg.seed,
+            **results,
+            "jax_version": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+            "backend": jax.default_backend(),
+            "python": platform.python_version(),
+            "config": resolved if resolved is not None else dataclasses.asdict(cfg),
+        }
+        write_json(run_dir / RESULTS, results)
+        monitor.results(results)
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    results["seconds"]["wall_total"] = time.perf_counter() - start
-    if checkpoints is not None:
-        results["seconds"]["checkpoint_saves"] = checkpoints.save_seconds
-    results = {
-        "experiment": cfg.experiment,
-        "seed": cfg.seed,
-        **results,
-        "jax_version": jax.__version__,
-        "devices": [str(d) for d in jax.devices()],
-        "backend": jax.default_backend(),
-        "python": platform.python_version(),
-        "config": resolved if resolved is not None else dataclasses.asdict(cfg),
-    }
-    write_json(run_dir / RESULTS, results)
+        monitor.close()
     return results
 
 

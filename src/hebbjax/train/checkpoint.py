@@ -111,11 +111,14 @@ class Checkpoints:
             return None
 
     def close(self) -> None:
-        """Wait for the saves in flight to reach the disk."""
+        """Wait for the saves in flight to reach the disk (a second call does nothing)."""
+        if self.manager is None:
+            return
         start = time.perf_counter()
         self.manager.wait_until_finished()
         self.save_seconds += time.perf_counter() - start
         self.manager.close()
+        self.manager = None
 
 
 class Model(NamedTuple):

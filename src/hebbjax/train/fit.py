@@ -25,6 +25,7 @@ from hebbjax.data.loading import Dataset
 from hebbjax.nn import Classifier, HebbianNetwork, zca_matrix
 from hebbjax.train import build, evaluate, probes, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
+from hebbjax.train.monitor import Monitor
 from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
 from hebbjax.train.parallel import AXIS, check_batch, make_mesh, replicate
 from hebbjax.train import protocol
@@ -184,7 +185,7 @@ def checkpoint_meta(ctx: Context, p: int, done: int, total: int, record: Record)
 
 def run_phase(
     ctx: Context, p: int, state: TrainState, record: Record | None = None, *, cache: dict[str, Any] | None = None,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints | None = None, monitor: Monitor | None = None,
 ) -> TrainState:
     """Run phase ``p`` (of ``ctx.phases``) from ``state``: from its start, or from the step a
     resumed state is at. Adds to ``record``; saves a checkpoint at chunk boundaries (every
@@ -204,7 +205,10 @@ def run_phase(
         features = cache["features"] = cached_features(ctx, state)
         record.seconds["feature_extraction"] += time.perf_counter() - start
     if isinstance(phase, RidgeReadout):
-        return _ridge_phase(ctx, p, state, record, features, checkpoints)
+        state = _ridge_phase(ctx, p, state, record, features, checkpoints)
+        if monitor is not None:
+            monitor.phase_end(ctx, p, state, record.seconds)
+        return state
     how = plan(ctx, phase, features)
     steps_per_epoch = how.source.num_examples // how.batch_size
     total = how.epochs * steps_per_epoch
@@ -218,6 +222,9 @@ def run_phase(
 
     progress = Progress(phase.name, total, first, ctx.progress)
     callbacks = [stop_if_not_finite, progress]
+    recorder = monitor.chunk_callback(ctx, p, how, total) if monitor is not None else None
+    if recorder is not None:
+        callbacks.append(recorder)
     if checkpoints is not None:  # the end of the phase is saved below
         callbacks.append(lambda c: c.done < total and checkpoints.save(c.state, checkpoint_meta(ctx, p, c.done, total, progressed(c.done))))
     try:
@@ -232,6 +239,8 @@ def run_phase(
     record.seconds, record.unsup_images = done.seconds, done.unsup_images
     if checkpoints is not None:
         checkpoints.save(state, checkpoint_meta(ctx, p, total, total, record), force=True)
+    if monitor is not None:
+        monitor.phase_end(ctx, p, state, record.seconds, recorder)
     return state
 
 
@@ -288,6 +297,7 @@ def resume(ctx: Context, checkpoints: Checkpoints) -> tuple[TrainState, Record, 
 
 def fit(
     cfg: Config, data: Data, *, mesh: Mesh | None = None, progress: bool = True, checkpoints: Checkpoints | None = None,
+    monitor: Monitor | None = None,
 ) -> tuple[dict[str, Any], TrainState]:
     """Train and evaluate ``cfg`` on ``data``; ``(results, final state)``. Results: accuracies
     (fractions), seconds per phase, unsupervised images/s, the block output shapes, and
@@ -300,7 +310,7 @@ def fit(
                                                  "step": int(state.step)}
     cache: dict[str, Any] = {}
     for p in range(first, len(ctx.phases)):
-        state = run_phase(ctx, p, state, record, cache=cache, checkpoints=checkpoints)
+        state = run_phase(ctx, p, state, record, cache=cache, checkpoints=checkpoints, monitor=monitor)
     train_acc, test_acc = accuracies(ctx, state, cache)
     cache.clear()  # the cached features: memory for the probes
     layers = probes.probe_layers(ctx, state) if ctx.cfg.readout.layers is not None else None

@@ -179,5 +179,7 @@ def reward_step(
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
                         opt=opt, sup_opt=sup_opt, key=key)
     mean = lambda a: jax.lax.pmean(jnp.mean(a.astype(jnp.float32)), AXIS)
-    metrics = {"finite": finite, "reward": mean(received), "predicted": mean(predicted), "accuracy": mean(greedy_choice == labels)}
+    cases = jax.nn.one_hot(2 * predicted.astype(jnp.int32) + received.astype(jnp.int32), 4).sum(0)  # (p, r): 00 01 10 11
+    metrics = {"finite": finite, "reward": mean(received), "predicted": mean(predicted), "accuracy": mean(greedy_choice == labels),
+               "rpe": mean(received.astype(jnp.float32) - predicted.astype(jnp.float32)), "cases": jax.lax.psum(cases, AXIS)}
     return new, metrics
