@@ -184,7 +184,7 @@ TINY = [{"layer": "conv", "channels": 4, "kernel": 5, "stride": 4, "padding": 2,
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Small STL-10, ImageNet and CIFAR-10 archives in the original formats, prepared offline once."""
+    """Small STL-10, ImageNet, CIFAR-10 and MNIST archives in the original formats, prepared offline once."""
     import tensorflow_datasets as tfds
 
     from hebbjax import testing
@@ -195,7 +195,8 @@ def prepared(tmp_path_factory):
     testing.write_stl10(root / "stl10", n_train=12, n_test=6, n_unlabelled=20)
     testing.write_imagenet(root / "imagenet2012", wnids, per_class=4, n_val=4)
     testing.write_cifar_python(root / "cifar10", 10, n_train=300, n_test=100)
-    for name in ("stl10", "imagenet2012", "cifar10"):
+    testing.write_mnist(root / "mnist", n_train=200, n_test=50)
+    for name in ("stl10", "imagenet2012", "cifar10", "mnist"):
         prepare(name, data_dir=root, tfds_dir=tfds_dir, file_checksums=testing.checksums(sorted((root / name).iterdir())))
     return root, tfds_dir
 
@@ -324,3 +325,18 @@ def test_cifar_miconi_runs_on_a_cifar10_archive(prepared, tmp_path, monkeypatch)
     assert (res["train_samples"], res["test_samples"]) == (300, 100)
     assert [(layer["block"], layer["features"]) for layer in res["layers"]] == [(0, 400), (1, 784), (2, 1600)]
     assert res["train_accuracy"] > 0.9  # 1600 features, 300 random images: the ridge fits train
+
+
+@pytest.mark.parametrize("name", ["mnist_holca_shallow", "mnist_holca_shallow49", "mnist_holca_cnn"])
+def test_the_mnist_holca_experiments_run_on_mnist_idx_files(prepared, tmp_path, monkeypatch, name):
+    """MNIST's training images are not on the dev machine: the configs run on generated IDX files."""
+    from hebbjax.run import run
+
+    root, tfds_dir = prepared
+    monkeypatch.setenv("HEBBJAX_TFDS_DIR", str(tfds_dir))
+    overrides = [f"+experiment={name}", f"data.dir={root}", "training.unsup_epochs=1", "training.reward_epochs=1",
+                 "logging.progress=false", "logging.plots=false"]
+    res = run(to_dataclass(_compose(*overrides)), tmp_path / "out")
+    assert (res["train_samples"], res["test_samples"]) == (200, 50)
+    assert res["resumed_from"] is None and res["seconds"]["unsupervised"] > 0
+    assert 0.0 <= res["test_accuracy"] <= 1.0 and res["unsupervised_images_per_second"] > 0
