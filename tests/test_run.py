@@ -75,6 +75,21 @@ def test_every_experiment_passes_every_check_before_data(name):
     check(cfg)  # dataset, shapes from its registered image shape, rules, reward keys, augmentation
 
 
+@pytest.mark.parametrize("method", ["random", "bp"])
+@pytest.mark.parametrize("name", ["cifar_miconi", "fmnist_miconi"])
+def test_surrogate_loss_experiments_have_their_untrained_and_backprop_baselines(name, method):
+    """``training.method=random|bp`` rewrites the blocks: the rule's own keys (rule_form) go with the rule."""
+    from hebbjax.config import check, resolve
+
+    # The keys only a Hebbian phase or the ridge readout reads are refused with those methods.
+    cfg = to_dataclass(_compose(f"+experiment={name}", f"training.method={method}", "data.unsup_augment=[]",
+                                *(["readout.kind=adam", "readout.layers=null"] if method == "bp" else [])))
+    check(cfg)
+    blocks = resolve(cfg).model.blocks
+    assert [b.rule for b in blocks] == [{"random": "none", "bp": "bp"}[method]] * 3
+    assert all(b.rule_form == "explicit" for b in blocks)
+
+
 def test_unknown_key_is_an_error_naming_the_key():
     with pytest.raises(ConfigCompositionException, match="redout_epochs"):
         _compose("training.redout_epochs=3")

@@ -519,9 +519,10 @@ def resolve(cfg: Config) -> Config:
     backprop, ``random`` freezes the Hebbian blocks at their initialisation; ``hebbian`` as given."""
     method = cfg.training.method
     if method == "bp":
-        blocks = [dataclasses.replace(b, rule="bp", rule_options={}) for b in cfg.model.blocks]
+        blocks = [dataclasses.replace(b, rule="bp", rule_options={}, rule_form="explicit") for b in cfg.model.blocks]
     elif method == "random":
-        blocks = [dataclasses.replace(b, rule="none", rule_options={}) if is_hebbian(b) else b for b in cfg.model.blocks]
+        blocks = [dataclasses.replace(b, rule="none", rule_options={}, rule_form="explicit") if is_hebbian(b) else b
+                  for b in cfg.model.blocks]
     else:
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=blocks))
