@@ -218,7 +218,7 @@ class WandbConfig:
 class LoggingConfig:
     progress: bool = True  # progress bars on the console
     metrics: bool = True  # <run dir>/metrics.jsonl: one JSON line per chunk, epoch and phase
-    diagnostics_every: int = 10  # Hebbian diagnostics every N chunks (0: none; always at a phase's end)
+    diagnostics_every: int = 20  # Hebbian diagnostics every N chunks (0: none; always at a phase's end); cost: benchmarks/
     probe_images: int = 256  # the diagnostics' probe batch: the first N images of the phase's split
     plots: bool = True  # <run dir>/plots/*.png at the end of each phase
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -69,6 +69,7 @@ class Context:
     num_classes: int
     progress: bool = True
     runners: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled chunk runners per phase, reused
+    diagnose: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled diagnostics per phase, reused
 
 
 def _augmentation(names: list[str], options: Any) -> Any:

@@ -82,12 +82,14 @@ class Monitor:
         """The :func:`~hebbjax.train.loop.run_epochs` callback of phase ``p``."""
         phase = ctx.phases[p]
         blocks = getattr(phase, "blocks", None) or getattr(phase, "hebbian", ())
-        probe = _probe_images(how.source, self.log_cfg.probe_images) if blocks else None
+        probe = probe_batch(how.source, self.log_cfg.probe_images) if blocks else None
         inputs = ctx.unsup_inputs if phase.timing == "unsupervised" and not hasattr(phase, "dopamine") else ctx.inputs
         sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         counts: dict[int, int] = defaultdict(int)
         state_of = {"chunks": 0, "clock": time.perf_counter()}
-        diagnose = jax.jit(functools.partial(diag.diagnostics, ctx, blocks=blocks, total_steps=total, inputs=inputs)) if blocks else None
+        if blocks and p not in ctx.diagnose:  # compiled once per phase, as the chunk runner
+            ctx.diagnose[p] = jax.jit(functools.partial(diag.diagnostics, ctx, blocks=blocks, total_steps=total, inputs=inputs))
+        diagnose = ctx.diagnose.get(p)
 
         def callback(chunk: Chunk) -> None:
             valid = np.asarray(chunk.valid)
@@ -156,7 +158,8 @@ class Monitor:
             self.wandb = None
 
 
-def _probe_images(source: Any, n: int) -> Any:
+def probe_batch(source: Any, n: int) -> Any:
+    """The diagnostics' probe batch: the first ``n`` images of ``source`` (all when it has fewer)."""
     rows = min(n, source.num_examples)
     return jax.numpy.asarray(source.take(np.arange(rows)))
 
