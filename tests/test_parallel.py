@@ -90,3 +90,58 @@ def test_four_devices_equal_one_device(rule, extra, dtype):
     assert result["stream_vs_device"] == 0.0, result  # same records, same order, same arithmetic
     # Batched feature extraction (in-place batches, the last one shifted back) == one big forward.
     assert result["feat_rel"] < (1e-12 if dtype == "float64" else 1e-5), result
+
+
+RANDOM_DRAWS = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from hebbjax.config import BlockConfig, Config, DataConfig, DopamineConfig, ModelConfig, TrainingConfig
+    from hebbjax.data import Dataset
+    from hebbjax.train import Data, fit, make_mesh
+
+    assert len(jax.devices()) == 4, jax.devices()
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.uniform(size=(48, 8, 8, 1)).astype(np.float32), rng.integers(0, 4, 48).astype(np.int32), 4)
+    augment = dict(augment=["flip", "noise"], unsup_augment=["flip", "noise"])
+    conv = dict(channels=8, kernel=3, padding=1, lr=0.05, activation="triangle(0.7)", pool="max(2,2,0)")
+    table = DopamineConfig(enabled=True, unpredicted_reward=2.0, predicted_reward=0.0, no_reward=-0.5, omitted_reward=-1.0)
+    cases = {
+        # Hebbian blocks with dropout, augmented unsupervised images; the readout reads augmented
+        # images through the network (no cached features), with the classifier's dropout.
+        "hebbian": Config(data=DataConfig(**augment), model=ModelConfig(blocks=[
+            BlockConfig(rule="softhebb", dropout=0.2, **conv), BlockConfig(rule="softhebb", dropout=0.3, **{**conv, "channels": 16})]),
+            training=TrainingConfig(mode="consecutive", unsup_epochs=1, unsup_batch_size=8, readout_epochs=2,
+                                    readout_batch_size=8, eval_batch_size=8, steps_per_chunk=4)),
+        "bp": Config(data=DataConfig(**augment), model=ModelConfig(blocks=[BlockConfig(rule="bp", dropout=0.2, **conv)]),
+                     training=TrainingConfig(method="bp", readout_epochs=2, unsup_batch_size=8, readout_batch_size=8, eval_batch_size=8,
+                                             steps_per_chunk=4)),
+        # Exploration noise on the class layer: every device's explored decisions, hence dopamine.
+        "reward": Config(model=ModelConfig(blocks=[BlockConfig(
+            layer="dense", channels=4, input_norm="patch_sum", patch_sum_to=100.0, neuron="log_weight", init="positive",
+            init_offset=1.0, rule="instar", lr=0.01, lr_schedule="constant", normalize_step=False, positive=True,
+            activation="softmax(0.3)", explore=3.0, dopamine=table)]),
+            training=TrainingConfig(method="reward", mode="consecutive", unsup_epochs=0, reward_epochs=2, unsup_batch_size=8,
+                                    eval_batch_size=8, decision="neural_dopa", steps_per_chunk=4)),
+    }
+    out = {}
+    for name, cfg in cases.items():
+        runs = {n: fit(cfg, Data(data, data), mesh=make_mesh(jax.devices()[:n]), progress=False) for n in (1, 2, 4)}
+        leaves = {n: [np.asarray(a) for a in jax.tree_util.tree_leaves(state.params)] for n, (_, state) in runs.items()}
+        rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for n in (2, 4) for a, b in zip(leaves[1], leaves[n]))
+        out[name] = {"rel": rel, "accuracy": {n: [r["train_accuracy"], r["test_accuracy"]] for n, (r, _) in runs.items()}}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_dropout_augmentation_and_exploration_noise_do_not_depend_on_the_device_count():
+    """Each sample's random draws (dropout masks, augmentation, the reward method's exploration
+    noise) are the same on 1, 2 and 4 devices: same parameters (float32) and accuracies."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", RANDOM_DRAWS], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, r in result.items():
+        assert r["rel"] < 2e-5, (name, r)  # the summation order alone: ~1e-6 (module docstring)
+        assert r["accuracy"]["1"] == r["accuracy"]["2"] == r["accuracy"]["4"], (name, r)

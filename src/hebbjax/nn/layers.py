@@ -217,18 +217,35 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> Array
     return jax.random.bernoulli(key, keep_prob, shape)
 
 
+def global_draw(draw: Callable[[jax.Array, tuple[int, ...]], Array], key: jax.Array, shape: tuple[int, ...],
+                axis_name: str | None) -> Array:
+    """``draw(key, shape)`` for this device's rows of the global batch.
+
+    Inside a data-parallel map over ``axis_name`` (``shape[0]`` rows per device, the same ``key`` on
+    every device) each device draws for the whole global batch and keeps its rows, so a sample gets
+    the same random values on any number of devices (the draws are cheap next to the step on a GPU;
+    a one-device run draws exactly ``shape``). ``axis_name=None``: ``draw(key, shape)``.
+    """
+    if axis_name is None:
+        return draw(key, shape)
+    n, b = jax.lax.axis_size(axis_name), shape[0]
+    return jax.lax.dynamic_slice_in_dim(draw(key, (n * b, *shape[1:])), jax.lax.axis_index(axis_name) * b, b)
+
+
 class Dropout(nn.Module):
     """Inverted dropout (as ``flax.linen.Dropout``: kept values scaled by ``1 / (1 - rate)``)
-    with masks from :func:`keep_mask`; draws from the ``dropout`` RNG stream."""
+    with masks from :func:`keep_mask`; draws from the ``dropout`` RNG stream, for the global
+    batch when ``axis_name`` is set (:func:`global_draw`)."""
 
     rate: float
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = keep_mask(self.make_rng("dropout"), keep, x.shape)
+        mask = global_draw(lambda k, shape: keep_mask(k, keep, shape), self.make_rng("dropout"), x.shape, self.axis_name)
         return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
 
 

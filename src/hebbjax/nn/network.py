@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.nn.layers import BatchNorm, Dropout, standardize, torch_default_init, triangle, zca
+from hebbjax.nn.layers import BatchNorm, Dropout, global_draw, standardize, torch_default_init, triangle, zca
 from hebbjax.rules.linear import Array
 
 
@@ -78,11 +78,11 @@ class Block(nn.Module):
         elif self.input_norm != "none":
             raise ValueError(f"input_norm: expected batchnorm, standardize or none, got {self.input_norm!r}")
         if self.dropout > 0:
-            x = Dropout(self.dropout)(x, deterministic=not train)
+            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
         acts = self.layer(name="layer")(x)
         u = triangle(acts.u) if self.pre_triangle else acts.u
         if explore and self.explore > 0:
-            noise = jax.random.normal(self.make_rng("explore"), u.shape, u.dtype)
+            noise = global_draw(lambda k, shape: jax.random.normal(k, shape, u.dtype), self.make_rng("explore"), u.shape, self.axis_name)
             u = u + self.explore * jax.lax.stop_gradient(jnp.std(u, axis=-1, keepdims=True)) * noise
         out = u
         if self.rule_state is not None:
@@ -107,12 +107,13 @@ class Classifier(nn.Module):
 
     num_classes: int
     dropout: float = 0.5
+    axis_name: str | None = None  # the data-parallel axis: dropout masks drawn for the global batch
 
     @nn.compact
     def __call__(self, features: Array, train: bool = False) -> Array:
         x = features.reshape(features.shape[0], -1)
         if self.dropout > 0:
-            x = Dropout(self.dropout)(x, deterministic=not train)
+            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
         return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]))(x)
 
 
@@ -132,7 +133,8 @@ class HebbianNetwork(nn.Module):
     and running-stat updates, dropout); the others in evaluation mode. ``upto`` stops after that
     many blocks (features of a prefix of the network); ``classify=False`` returns the features;
     ``explore`` adds the blocks' exploration noise (:class:`Block`).
-    ``axis_name`` is given to every block's BatchNorm (data-parallel training). ``whiten``: the
+    ``axis_name`` (data-parallel training) is given to every block's BatchNorm, and its dropout and
+    exploration noise are drawn for the global batch (the same draws on any device count). ``whiten``: the
     input is ZCA-whitened first (:func:`hebbjax.nn.layers.zca`) by the matrix in
     ``batch_stats/whiten_matrix`` (identity at initialisation; the training code fits it).
     """
@@ -156,6 +158,6 @@ class HebbianNetwork(nn.Module):
             block = self.blocks[i].clone(parent=self, name=f"block_{i}", axis_name=self.axis_name)
             x = block(x, train=i in train_blocks, explore=explore)
         if classify and n == len(self.blocks):
-            return Classifier(self.num_classes, self.classifier_dropout, name="classifier")(x, train=train_classifier)
+            return Classifier(self.num_classes, self.classifier_dropout, self.axis_name, name="classifier")(x, train=train_classifier)
         return x
 

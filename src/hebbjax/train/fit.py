@@ -118,7 +118,7 @@ def setup(cfg: Config, data: Data, *, mesh: Mesh | None = None, progress: bool =
     model = build.network(cfg.model, num_classes, AXIS, whiten=cfg.data.whiten == "zca")
     shapes_of_params = jax.eval_shape(lambda: _init_variables(model, train.image_shape, keys[0], dtype))["params"]
     return Context(
-        cfg=cfg, model=model, classifier=Classifier(num_classes, cfg.model.classifier_dropout), mesh=mesh,
+        cfg=cfg, model=model, classifier=Classifier(num_classes, cfg.model.classifier_dropout, AXIS), mesh=mesh,
         train=train, test=test, unsup=unsup,
         inputs=Inputs(train.normalization, dtype, _augmentation(cfg.data.augment, cfg.data.augment_options)),
         unsup_inputs=Inputs(unsup.normalization, dtype, _augmentation(cfg.data.unsup_augment, cfg.data.augment_options)),

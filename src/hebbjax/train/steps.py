@@ -57,9 +57,24 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def _device_key(key: jax.Array) -> jax.Array:
-    """This device's stream of a random draw (dropout, augmentation)."""
-    return jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+def _draw_key(key: jax.Array) -> jax.Array:
+    """The key of a draw the modules make for the global batch (dropout, exploration noise: the
+    same on every device, ``nn.layers.global_draw``); ``fold_in(key, 0)`` is the key one device
+    drew with when the draws were per device, so one-device runs keep their numbers."""
+    return jax.random.fold_in(key, 0)
+
+
+def augment(inputs: Inputs, key: jax.Array, x: jax.Array) -> jax.Array:
+    """``inputs.augment`` of each sample with its own key, ``fold_in(base, i)`` for its index ``i``
+    in the global batch: the same images on any number of devices.
+
+    ``base`` is a threefry key drawn from ``key``: threefry is counter-based, so a vmapped draw
+    equals the draws one key at a time, while the ``rbg`` keys of the state would give a sample
+    values that depend on how many samples the device holds."""
+    base = jax.random.wrap_key_data(jax.random.bits(key, (2,), jnp.uint32), impl="threefry2x32")
+    first = jax.lax.axis_index(AXIS) * x.shape[0]
+    keys = jax.vmap(functools.partial(jax.random.fold_in, base))(first + jnp.arange(x.shape[0]))
+    return jax.vmap(lambda k, image: inputs.augment(k, image[None])[0])(keys, x)
 
 
 def hebbian_step(
@@ -74,10 +89,10 @@ def hebbian_step(
         key, k_drop = jax.random.split(state.key)
     else:
         key, k_drop, k_aug = jax.random.split(state.key, 3)
-        x = inputs.augment(_device_key(k_aug), x)
+        x = augment(inputs, k_aug, x)
     _, mut = model.apply(
         state.variables, x, train_blocks=plastic, upto=max(plastic) + 1, classify=False,
-        mutable=["batch_stats", "hebbian"], rngs={"dropout": _device_key(k_drop)},
+        mutable=["batch_stats", "hebbian"], rngs={"dropout": _draw_key(k_drop)},
     )
     params, rule_state, opt, finite = hebbian_updates(rules, transforms, state.params, state.rule_state, state.opt, mut["hebbian"])
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state, opt=opt, key=key)
@@ -89,10 +104,9 @@ def readout_step(
 ) -> tuple[TrainState, Metrics]:
     """One step of the linear classifier on cached features ``batch["x"]``: cross-entropy, Adam."""
     key, k_drop = jax.random.split(state.key)
-    rng = _device_key(k_drop)
 
     def loss_fn(p):
-        logits = classifier.apply({"params": p}, batch["x"], train=True, rngs={"dropout": rng})
+        logits = classifier.apply({"params": p}, batch["x"], train=True, rngs={"dropout": _draw_key(k_drop)})
         return cross_entropy(logits, batch["y"]), logits
 
     current = state.params["classifier"]
@@ -116,12 +130,12 @@ def supervised_step(
     key, k_drop, k_aug = jax.random.split(state.key, 3)
     x = inputs(batch["x"])
     if inputs.augment is not None:
-        x = inputs.augment(_device_key(k_aug), x)
+        x = augment(inputs, k_aug, x)
 
     def loss_fn(p):
         logits, mut = model.apply(
             {**state.variables, "params": p}, x, train_blocks=train_blocks, train_classifier=True,
-            mutable=["batch_stats", "hebbian"], rngs={"dropout": _device_key(k_drop)},
+            mutable=["batch_stats", "hebbian"], rngs={"dropout": _draw_key(k_drop)},
         )
         return cross_entropy(logits, batch["y"]), (mut, logits)
 
@@ -164,7 +178,7 @@ def reward_step(
     plastic = tuple(rules)
     x, labels = inputs(batch["x"]), batch["y"]
     key, k_drop, k_explore = jax.random.split(state.key, 3)
-    rngs = {"dropout": _device_key(k_drop), "explore": _device_key(k_explore)}
+    rngs = {"dropout": _draw_key(k_drop), "explore": _draw_key(k_explore)}
     run = functools.partial(model.apply, state.variables, x, train_blocks=plastic, classify=False, rngs=rngs)
     outputs, mut = run(explore=explore, mutable=["batch_stats", "hebbian"])
     greedy = run(mutable=["batch_stats"])[0] if explore else outputs
