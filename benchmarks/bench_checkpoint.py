@@ -20,11 +20,9 @@ import time
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import to_dataclass
 from hebbjax.data import Dataset
-from hebbjax.run import CONF_DIR
+from hebbjax.run import compose_config
 from hebbjax.train import Checkpoints, Data, init_state, run_phase, setup
 from hebbjax.train.fit import begin, checkpoint_meta, Record
 
@@ -33,8 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=cifar_softhebb4", "logging.progress=false"]))
+    cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
     rng = np.random.default_rng(0)
     steps = cfg.training.steps_per_chunk
     n = steps * cfg.training.unsup_batch_size

@@ -21,19 +21,13 @@ import time
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import to_dataclass
 from hebbjax.data import Dataset
-from hebbjax.run import CONF_DIR
+from hebbjax.run import compose_config
 from hebbjax.train import Data, init_state, run_phase, setup
 from hebbjax.train.monitor import Monitor, probe_batch
 
-
-def timed_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from bench_softhebb4 import timed
 
 
 def main() -> None:
@@ -42,8 +36,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=fmnist_softhebb", "training.mode=consecutive"]))
+    cfg = compose_config("+experiment=fmnist_softhebb", "training.mode=consecutive")
     rng = np.random.default_rng(0)
     n = args.images
     data = Dataset(rng.uniform(size=(n, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
@@ -70,7 +63,7 @@ def main() -> None:
     trained = run_phase(ctx, 0, state)
     probe = probe_batch(ctx.unsup, cfg.logging.probe_images)
     jax.device_get(ctx.diagnose[0](trained, probe))
-    call = statistics.median(timed_call(lambda: jax.device_get(ctx.diagnose[0](trained, probe))) for _ in range(7))
+    call = timed(lambda: jax.device_get(ctx.diagnose[0](trained, probe)), 7)
     calls = chunks // args.every + 1
     print(f"Hebbian phase, {n} images, {chunks} chunks; diagnostics every {args.every} chunks")
     for name in times:

@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import to_dataclass
 from hebbjax.data import Dataset
-from hebbjax.run import CONF_DIR
+from hebbjax.run import compose_config
 from hebbjax.train import Data, DeviceSource, init_state, run_phase, setup
 from hebbjax.train.probes import fit_ridge
 
@@ -36,9 +32,7 @@ def main() -> None:
     ap.add_argument("--readout-images", type=int, default=50000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=cifar_miconi", "logging.progress=false",
-                                                                   "data.whiten=null", "data.unsup_augment=[]"]))
+    cfg = compose_config("+experiment=cifar_miconi", "logging.progress=false", "data.whiten=null", "data.unsup_augment=[]")
     blocks = [dataclasses.replace(b, burn_in=0) for b in cfg.model.blocks]
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, blocks=blocks),
                               training=dataclasses.replace(cfg.training, unsup_epochs=1))

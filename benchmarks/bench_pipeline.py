@@ -34,10 +34,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import check, to_dataclass
-from hebbjax.run import CONF_DIR
+from hebbjax.config import check
+from hebbjax.run import compose_config
 
 from bench_softhebb4 import conv_macs, matmul_gflops, timed
 
@@ -76,8 +75,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="more overrides for the command")
     args = ap.parse_args()
     overrides = [f"+experiment={args.experiment}", "logging.progress=false", "logging.plots=false", *args.overrides]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=overrides))
+    cfg = compose_config(*overrides)
     check(cfg)
     if cfg.data.name != "cifar10":
         sys.exit(f"--experiment: expected a CIFAR-10 experiment, got data.name={cfg.data.name!r}")

@@ -23,11 +23,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import Config, conv_out, parse_pool, to_dataclass
+from hebbjax.config import Config, conv_out, parse_pool
 from hebbjax.data import Dataset
-from hebbjax.run import CONF_DIR
+from hebbjax.run import compose_config
 from hebbjax.train import Data, DeviceSource, Readout, evaluate, init_state, run_epochs, run_phase, setup
 from hebbjax.train.loop import counted
 from hebbjax.train.protocol import plan
@@ -82,8 +81,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=cifar_softhebb4", "logging.progress=false"]))
+    cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
     macs = conv_macs(cfg.model.blocks, (32, 32, 3))
     fwd_flop = 2 * sum(macs)
     rng = np.random.default_rng(0)

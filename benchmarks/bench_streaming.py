@@ -24,11 +24,9 @@ import time
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from hebbjax.config import to_dataclass
 from hebbjax.data import load, stream
-from hebbjax.run import CONF_DIR
+from hebbjax.run import compose_config
 from hebbjax.train import Data, StreamSource, init_state, run_phase, setup
 
 
@@ -39,8 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.images
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = to_dataclass(compose(config_name="config", overrides=["+experiment=fmnist_softhebb"]))
+    cfg = compose_config("+experiment=fmnist_softhebb")
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, mode="consecutive"))
     batch = cfg.training.unsup_batch_size
 

@@ -90,6 +90,15 @@ def test_surrogate_loss_experiments_have_their_untrained_and_backprop_baselines(
     assert all(b.rule_form == "explicit" for b in blocks)
 
 
+def test_compose_config_is_the_config_the_command_composes():
+    from hebbjax.run import compose_config
+
+    overrides = ("+experiment=fmnist_miconi", "seed=3", "model.blocks.1.prune=0")
+    cfg = compose_config(*overrides)
+    assert cfg == to_dataclass(_compose(*overrides))
+    assert (cfg.experiment, cfg.seed, cfg.model.blocks[1].prune, cfg.model.blocks[2].prune) == ("fmnist_miconi", 3, 0.0, 0.99)
+
+
 def test_unknown_key_is_an_error_naming_the_key():
     with pytest.raises(ConfigCompositionException, match="redout_epochs"):
         _compose("training.redout_epochs=3")
@@ -355,3 +364,6 @@ def test_the_mnist_holca_experiments_run_on_mnist_idx_files(prepared, tmp_path, 
     assert (res["train_samples"], res["test_samples"]) == (200, 50)
     assert res["resumed_from"] is None and res["seconds"]["unsupervised"] > 0
     assert 0.0 <= res["test_accuracy"] <= 1.0 and res["unsupervised_images_per_second"] > 0
+    # Both of Holca-Lamarre's phases ran, one epoch of 200 / 50 batches each.
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in records if r["event"] == "phase"] == [("statistical", 4), ("reward", 4)]

@@ -41,6 +41,15 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every step of 
 log = logging.getLogger("hebbjax")
 
 
+def compose_config(*overrides: str) -> Config:
+    """The typed config ``python -m hebbjax.run <overrides>`` would start from (the shipped
+    ``conf/``, Hydra's override syntax; not yet checked), for notebooks, scripts and benchmarks."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return to_dataclass(compose(config_name="config", overrides=list(overrides)))
+
+
 def load_data(cfg: Config):
     """The splits of ``cfg`` as :class:`hebbjax.train.Data`: each on the device(s) (a host
     ``Dataset``) or streamed from the host (``StreamSource``, by data.placement), honouring
