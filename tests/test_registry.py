@@ -85,3 +85,31 @@ def test_every_registered_rule_states_what_it_reads():
         params = inspect.signature(getattr(spec.fn, "__wrapped__", spec.fn)).parameters
         assert all(h in params or "kwargs" in params for h in spec.hyper), name
         assert spec.given_y == (name in ("hebb", "instar", "oja")), name
+
+
+@pytest.mark.parametrize("name, form", [(n, "update") for n in sorted(rules.RULES)] +
+                         [(n, "update_by_loss") for n in sorted(rules.RULES) if rules.RULES[n].surrogate is not None])
+def test_padding_samples_marked_invalid_change_neither_the_update_nor_the_rule_state(name, form):
+    """A batch padded with junk rows that ``valid`` marks False gives the update and state of the
+    real rows alone (the data-parallel step pads a global batch to a multiple of the devices)."""
+    spec = rules.RULES[name]
+    rng = np.random.default_rng(0)
+    linear = rules.Conv(padding=1)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 5)) / 4, jnp.float32)
+    x = jnp.asarray(rng.normal(size=(6, 5, 5, 2)), jnp.float32)
+    junk = jnp.asarray(rng.normal(size=(3, 5, 5, 2)) * 10, jnp.float32)
+    hyper = {"t_invert": 1.0, "rank": 2, "delta": 0.4, "k": 2, "homeostasis_rate": 3.0}
+    hyper = {k: hyper[k] for k in spec.hyper}
+    state = None if spec.init_state is None else {k: jnp.asarray(rng.normal(size=v.shape) / 10, v.dtype)
+                                                   for k, v in spec.init_state(5).items()}
+
+    def run(images, valid):
+        acts = rules.observe(linear, kernel, images)
+        if spec.given_y:
+            acts = acts._replace(y=jax.nn.relu(acts.u))
+        return getattr(spec, form)(kernel, acts, state, hyper=hyper, valid=valid)
+
+    real = run(x, None)
+    padded = run(jnp.concatenate([x, junk]), jnp.arange(9) < 6)
+    for a, b in zip(jax.tree_util.tree_leaves(real), jax.tree_util.tree_leaves(padded)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)

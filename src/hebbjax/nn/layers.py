@@ -132,7 +132,8 @@ class BatchNorm(nn.Module):
     ``axis_name`` is set); the running statistics move by ``momentum`` towards ``m`` and towards
     the *unbiased* variance ``v n / (n - 1)`` (flax's BatchNorm keeps the biased one). Evaluation
     normalises with the running statistics. Variables ``batch_stats``: ``mean`` (init 0), ``var``
-    (init 1).
+    (init 1). ``rows`` (in the call): the global batch's real samples, the first ``rows``; the
+    statistics leave out the padding behind them (:func:`real_samples`).
     """
 
     use_running_average: bool = False
@@ -141,12 +142,19 @@ class BatchNorm(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, rows: int | None = None) -> Array:
         features = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), x.dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), x.dtype))
+        valid = None if self.use_running_average else real_samples(x.shape[0], rows, self.axis_name)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
+        elif valid is not None:  # a padded global batch: sums over the real samples only
+            axes, per_sample = tuple(range(x.ndim - 1)), math.prod(x.shape[1:-1])
+            n = rows * per_sample
+            weight = valid.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+            mean = jax.lax.psum(jnp.sum(weight * x, axes), self.axis_name) / n
+            var = jax.lax.psum(jnp.sum(weight * jnp.square(x - mean), axes), self.axis_name) / n
         else:
             axes = tuple(range(x.ndim - 1))
             n = math.prod(x.shape[:-1])
@@ -157,9 +165,9 @@ class BatchNorm(nn.Module):
             if self.axis_name is not None:
                 var = jax.lax.pmean(var, self.axis_name)
                 n *= jax.lax.axis_size(self.axis_name)
-            if not self.is_initializing():
-                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * var * (n / max(n - 1, 1))
+        if not self.use_running_average and not self.is_initializing():
+            ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+            ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * var * (n / max(n - 1, 1))
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
 
 
@@ -217,35 +225,55 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> Array
     return jax.random.bernoulli(key, keep_prob, shape)
 
 
+def real_samples(local: int, rows: int | None, axis_name: str | None) -> Array | None:
+    """Which of this device's ``local`` rows are real samples: the first ``rows`` of the global
+    batch are, the rest is the padding that makes it divisible by the devices
+    (:func:`hebbjax.train.parallel.padded_size`). ``None`` when nothing is padded (``rows`` is
+    ``None`` or the whole global batch), so unpadded steps keep their arithmetic unchanged."""
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    if rows is None or rows == devices * local:
+        return None
+    if not 0 < rows <= devices * local:
+        raise ValueError(f"rows: expected 1..{devices * local} real samples in a global batch of {devices} x {local}, got {rows}")
+    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
+    return first + jnp.arange(local) < rows
+
+
 def global_draw(draw: Callable[[jax.Array, tuple[int, ...]], Array], key: jax.Array, shape: tuple[int, ...],
-                axis_name: str | None) -> Array:
+                axis_name: str | None, rows: int | None = None) -> Array:
     """``draw(key, shape)`` for this device's rows of the global batch.
 
     Inside a data-parallel map over ``axis_name`` (``shape[0]`` rows per device, the same ``key`` on
     every device) each device draws for the whole global batch and keeps its rows, so a sample gets
     the same random values on any number of devices (the draws are cheap next to the step on a GPU;
-    a one-device run draws exactly ``shape``). ``axis_name=None``: ``draw(key, shape)``.
+    a one-device run draws exactly ``shape``). ``rows``: the real samples of a padded global batch
+    (:func:`real_samples`); the draw is made for them alone, the padding gets zeros, so padding
+    changes no sample's draw. ``axis_name=None``: ``draw(key, shape)``.
     """
     if axis_name is None:
         return draw(key, shape)
     n, b = jax.lax.axis_size(axis_name), shape[0]
-    return jax.lax.dynamic_slice_in_dim(draw(key, (n * b, *shape[1:])), jax.lax.axis_index(axis_name) * b, b)
+    total = n * b if rows is None else rows
+    values = draw(key, (total, *shape[1:]))
+    if total < n * b:
+        values = jnp.concatenate([values, jnp.zeros((n * b - total, *shape[1:]), values.dtype)])
+    return jax.lax.dynamic_slice_in_dim(values, jax.lax.axis_index(axis_name) * b, b)
 
 
 class Dropout(nn.Module):
     """Inverted dropout (as ``flax.linen.Dropout``: kept values scaled by ``1 / (1 - rate)``)
     with masks from :func:`keep_mask`; draws from the ``dropout`` RNG stream, for the global
-    batch when ``axis_name`` is set (:func:`global_draw`)."""
+    batch when ``axis_name`` is set (:func:`global_draw`; ``rows``: its real samples)."""
 
     rate: float
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, deterministic: bool, rows: int | None = None) -> Array:
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = global_draw(lambda k, shape: keep_mask(k, keep, shape), self.make_rng("dropout"), x.shape, self.axis_name)
+        mask = global_draw(lambda k, shape: keep_mask(k, keep, shape), self.make_rng("dropout"), x.shape, self.axis_name, rows)
         return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
 
 

@@ -52,6 +52,9 @@ class Block(nn.Module):
         ``explore * std(u)`` over the neurons, per sample and position (Holca-Lamarre's
         ``noise_explore``; RNG stream ``explore``); the noisy ``u`` is propagated and learnt from.
       axis_name: the mapped axis BatchNorm averages its batch statistics over.
+
+    ``rows`` (in the call): the real samples of a padded global batch (the first ``rows``), for
+    BatchNorm's statistics and the random draws (:func:`~hebbjax.nn.layers.real_samples`).
     """
 
     layer: Callable[..., nn.Module]
@@ -70,19 +73,19 @@ class Block(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False, explore: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, explore: bool = False, rows: int | None = None) -> Array:
         if self.input_norm == "batchnorm":  # SoftHebb: BatchNorm2d(affine=False), PyTorch's semantics
-            x = BatchNorm(use_running_average=not train, axis_name=self.axis_name, name="input_norm")(x)
+            x = BatchNorm(use_running_average=not train, axis_name=self.axis_name, name="input_norm")(x, rows)
         elif self.input_norm == "standardize":
             x = standardize(x)
         elif self.input_norm != "none":
             raise ValueError(f"input_norm: expected batchnorm, standardize or none, got {self.input_norm!r}")
         if self.dropout > 0:
-            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
+            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train, rows=rows)
         acts = self.layer(name="layer")(x)
         u = triangle(acts.u) if self.pre_triangle else acts.u
         if explore and self.explore > 0:
-            noise = global_draw(lambda k, shape: jax.random.normal(k, shape, u.dtype), self.make_rng("explore"), u.shape, self.axis_name)
+            noise = global_draw(lambda k, shape: jax.random.normal(k, shape, u.dtype), self.make_rng("explore"), u.shape, self.axis_name, rows)
             u = u + self.explore * jax.lax.stop_gradient(jnp.std(u, axis=-1, keepdims=True)) * noise
         out = u
         if self.rule_state is not None:
@@ -110,10 +113,10 @@ class Classifier(nn.Module):
     axis_name: str | None = None  # the data-parallel axis: dropout masks drawn for the global batch
 
     @nn.compact
-    def __call__(self, features: Array, train: bool = False) -> Array:
+    def __call__(self, features: Array, train: bool = False, rows: int | None = None) -> Array:
         x = features.reshape(features.shape[0], -1)
         if self.dropout > 0:
-            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
+            x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train, rows=rows)
         return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]))(x)
 
 
@@ -132,7 +135,8 @@ class HebbianNetwork(nn.Module):
     blocks whose index is in ``train_blocks`` run in training mode (BatchNorm batch statistics
     and running-stat updates, dropout); the others in evaluation mode. ``upto`` stops after that
     many blocks (features of a prefix of the network); ``classify=False`` returns the features;
-    ``explore`` adds the blocks' exploration noise (:class:`Block`).
+    ``explore`` adds the blocks' exploration noise (:class:`Block`); ``rows``: the real samples of
+    a padded global batch (:class:`Block`).
     ``axis_name`` (data-parallel training) is given to every block's BatchNorm, and its dropout and
     exploration noise are drawn for the global batch (the same draws on any device count). ``whiten``: the
     input is ZCA-whitened first (:func:`hebbjax.nn.layers.zca`) by the matrix in
@@ -148,7 +152,7 @@ class HebbianNetwork(nn.Module):
     @nn.compact
     def __call__(
         self, x: Array, train_blocks: Sequence[int] = (), upto: int | None = None,
-        classify: bool = True, train_classifier: bool = False, explore: bool = False,
+        classify: bool = True, train_classifier: bool = False, explore: bool = False, rows: int | None = None,
     ) -> Array:
         if self.whiten:
             d = math.prod(x.shape[1:])
@@ -156,8 +160,8 @@ class HebbianNetwork(nn.Module):
         n = len(self.blocks) if upto is None else upto
         for i in range(n):
             block = self.blocks[i].clone(parent=self, name=f"block_{i}", axis_name=self.axis_name)
-            x = block(x, train=i in train_blocks, explore=explore)
+            x = block(x, train=i in train_blocks, explore=explore, rows=rows)
         if classify and n == len(self.blocks):
-            return Classifier(self.num_classes, self.classifier_dropout, self.axis_name, name="classifier")(x, train=train_classifier)
+            return Classifier(self.num_classes, self.classifier_dropout, self.axis_name, name="classifier")(x, train=train_classifier, rows=rows)
         return x
 

@@ -211,6 +211,7 @@ def sparse_topk(
     decay: Literal["instar", "hebb", "oja"] = "instar",
     axis_name: str | None = None,
     modulation: Array | None = None,
+    valid: Array | None = None,
 ) -> tuple[Params, SparseTopKState]:
     """Sparse plasticity with homeostasis (Miconi 2021, "Multi-layer Hebbian networks with modern deep
     learning frameworks", arXiv 2107.01729).
@@ -219,23 +220,36 @@ def sparse_topk(
     neurons); ``dw_j = sum_{b,p} y_j (x - w_j)`` (instar; ``decay`` selects plain Hebb or Oja instead).
     The thresholds shape only ``y``, never the correlation term. Homeostasis:
     ``theta_j <- theta_j + homeostasis_rate * (mean_{b,p} y_j - k / N)``. ``axis_name`` averages the
-    firing rate across devices inside ``shard_map``.
+    firing rate across devices inside ``shard_map``. ``valid``: which samples are real (one bool per
+    sample; padding is left out of the firing rate; pass it as ``modulation`` too, or scaled into it,
+    to leave it out of the update).
     """
     y, new_state = sparse_topk_signal(_competitive(activations, "sparse_topk"), state, k=k, homeostasis_rate=homeostasis_rate,
-                                      axis_name=axis_name)
+                                      axis_name=axis_name, valid=valid)
     rate = {"instar": y, "hebb": None, "oja": y * y}[decay]
     return _rule(params, activations, y, rate, modulation), new_state
 
 
 def sparse_topk_signal(
     u: Array, state: SparseTopKState, *, k: int = 1, homeostasis_rate: float | Array = 3.0, axis_name: str | None = None,
+    valid: Array | None = None,
 ) -> tuple[Array, SparseTopKState]:
     """:func:`sparse_topk`'s post-synaptic signal and its homeostatic threshold update:
-    ``y = topk_binary_signal(u - theta, k)``, ``theta <- theta + rate * (mean firing - k / N)``."""
+    ``y = topk_binary_signal(u - theta, k)``, ``theta <- theta + rate * (mean firing - k / N)``,
+    the mean over the ``valid`` samples (all when ``None``)."""
     if state.threshold.shape != (u.shape[-1],):
         raise _shape_error("state.threshold", f"one threshold per neuron, ({u.shape[-1]},)", state.threshold)
+    if valid is not None and jnp.shape(valid) != u.shape[:1]:
+        raise _shape_error("valid", f"one value per sample, ({u.shape[0]},)", valid)
     y = topk_binary_signal(u - state.threshold, k)
-    firing = per_neuron_sum(y) / (y.size // y.shape[-1])
-    if axis_name is not None:
+    if valid is not None:  # sums over the real samples, then one division (also across devices)
+        counted = per_neuron_sum(jnp.where(valid.reshape((-1,) + (1,) * (y.ndim - 1)), y, 0))
+        positions = jnp.sum(valid) * (y[0].size // y.shape[-1])
+        if axis_name is not None:
+            counted, positions = jax.lax.psum((counted, positions), axis_name)
+        firing = counted / positions.astype(y.dtype)
+    else:
+        firing = per_neuron_sum(y) / (y.size // y.shape[-1])
+    if valid is None and axis_name is not None:
         firing = jax.lax.pmean(firing, axis_name)
     return y, SparseTopKState(state.threshold + homeostasis_rate * (firing - k / u.shape[-1]))

@@ -51,7 +51,9 @@ class RuleSpec:
     Attributes:
       fn: ``fn(params, activations, **hyper, modulation=None) -> updates``; a stateful rule
         (``init_state`` given) is ``fn(params, activations, state, *, axis_name, **hyper,
-        modulation=None) -> (updates, state)``, ``state`` a dict of arrays.
+        modulation=None) -> (updates, state)``, ``state`` a dict of arrays. On a padded batch
+        (:meth:`update`'s ``valid``) a stateful rule is also passed ``valid=``, one bool per
+        sample, to leave the padding out of its batch statistics.
       hyper: names of the hyper-parameters ``fn`` takes as keywords.
       given_y: the rule uses the block's activation (its output before pooling) as ``y``;
         otherwise it computes its own post-synaptic signal from ``u`` (competitive rules).
@@ -61,7 +63,8 @@ class RuleSpec:
       check: ``check(hyper, num_neurons) -> message or None``, run on the config before compute.
       surrogate: for a rule that is minus the gradient of a loss (Miconi 2021),
         ``surrogate(params, activations, state, *, axis_name, **hyper) -> (loss_fn, new_state)``
-        with ``-jax.grad(loss_fn)(params) == the rule's update`` (:meth:`update_by_loss`).
+        with ``-jax.grad(loss_fn)(params) == the rule's update`` (:meth:`update_by_loss`; on a
+        padded batch also ``valid=``: the loss sums over those samples only).
     """
 
     fn: Callable[..., Any]
@@ -74,13 +77,15 @@ class RuleSpec:
 
     def update_by_loss(
         self, params: Params, activations: Activations, state: State | None, *, hyper: Mapping[str, Any],
-        axis_name: str | None = None, modulation: Array | None = None,
+        axis_name: str | None = None, modulation: Array | None = None, valid: Array | None = None,
     ) -> tuple[Params, State | None]:
         """The update as Miconi computes it: ``-jax.grad`` of the rule's surrogate loss (a local sum
-        inside ``shard_map``: the caller reduces it across devices, as with :meth:`update`)."""
+        inside ``shard_map``: the caller reduces it across devices, as with :meth:`update`).
+        ``valid``: the real samples of a padded batch (one bool each; ``None``: all)."""
         if modulation is not None:
             raise ValueError("modulation: the surrogate-loss form takes no per-sample factor; use the explicit rule")
-        loss, new_state = self.surrogate(params, activations, state, axis_name=axis_name, **hyper)
+        padded = {} if valid is None else {"valid": valid}
+        loss, new_state = self.surrogate(params, activations, state, axis_name=axis_name, **hyper, **padded)
         local = jax.tree_util.tree_map(lambda p: _vary_like(p, activations.x), params)  # this device's gradient
         return jax.tree_util.tree_map(jnp.negative, jax.grad(loss)(local)), new_state
 
@@ -93,11 +98,18 @@ class RuleSpec:
         hyper: Mapping[str, Any],
         axis_name: str | None = None,
         modulation: Array | None = None,
+        valid: Array | None = None,
     ) -> tuple[Params, State | None]:
-        """``(updates, new_state)`` for any rule, stateful or not (``state`` passes through)."""
+        """``(updates, new_state)`` for any rule, stateful or not (``state`` passes through).
+
+        ``valid``: which samples of the batch are real (one bool each; ``None``: all). Padding gets
+        modulation 0, so it adds nothing to the update; a stateful rule also receives ``valid``."""
+        if valid is not None:
+            modulation = valid if modulation is None else modulation * valid
         if self.init_state is None:
             return self.fn(params, activations, **hyper, modulation=modulation), state
-        return self.fn(params, activations, state, axis_name=axis_name, **hyper, modulation=modulation)
+        padded = {} if valid is None else {"valid": valid}
+        return self.fn(params, activations, state, axis_name=axis_name, **hyper, modulation=modulation, **padded)
 
 
 #: name -> :class:`RuleSpec`. Add entries with :func:`register_rule`.
@@ -144,17 +156,24 @@ def _in_range(name: str, low: int, high_name: str = "channels"):
     return check
 
 
+def _only(valid: Array | None, y: Array) -> Array:
+    """``y`` with the padded samples' rows zeroed: the surrogate losses are sums of terms in ``y``
+    (and ``y^2``), so those samples then add nothing."""
+    return y if valid is None else jnp.where(valid.reshape((-1,) + (1,) * (y.ndim - 1)), y, 0)
+
+
 def _given_y_surrogate(kind: str):
-    def surrogate(params, activations, state, *, axis_name=None):
+    def surrogate(params, activations, state, *, axis_name=None, valid=None):
         y = activations.u if activations.y is None else activations.y
-        return (lambda p: loss_of_activations(kind, p, activations, y)), state
+        return (lambda p: loss_of_activations(kind, p, activations, _only(valid, y))), state
 
     return surrogate
 
 
-def _sparse_topk_surrogate(params, activations, state, *, k, homeostasis_rate, axis_name=None):
-    y, new = sparse_topk_signal(activations.u, SparseTopKState(**state), k=k, homeostasis_rate=homeostasis_rate, axis_name=axis_name)
-    return (lambda p: loss_of_activations("instar", p, activations, y)), new._asdict()
+def _sparse_topk_surrogate(params, activations, state, *, k, homeostasis_rate, axis_name=None, valid=None):
+    y, new = sparse_topk_signal(activations.u, SparseTopKState(**state), k=k, homeostasis_rate=homeostasis_rate,
+                                axis_name=axis_name, valid=valid)
+    return (lambda p: loss_of_activations("instar", p, activations, _only(valid, y))), new._asdict()
 
 
 register_rule("hebb", hebb, given_y=True, surrogate=_given_y_surrogate("hebb"))

@@ -27,7 +27,7 @@ from hebbjax.train import build, evaluate, probes, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
 from hebbjax.train.monitor import Monitor
 from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
-from hebbjax.train.parallel import AXIS, check_batch, make_mesh, replicate
+from hebbjax.train.parallel import AXIS, make_mesh, replicate
 from hebbjax.train import protocol
 from hebbjax.train.protocol import Phase, Readout, RidgeReadout, Supervised, phase_keys, plan
 from hebbjax.train.sources import DeviceSource, Source, StreamSource, concat, place
@@ -96,9 +96,6 @@ def setup(cfg: Config, data: Data, *, mesh: Mesh | None = None, progress: bool =
     _check_splits(data)
     shapes = check_config(cfg, data.train.image_shape)
     mesh = mesh or make_mesh()
-    t = cfg.training
-    for key in ("unsup_batch_size", "readout_batch_size", "eval_batch_size"):
-        check_batch(getattr(t, key), mesh, f"training.{key}")
     dtype = jnp.asarray(1.0).dtype  # float32, or float64 when jax_enable_x64 is on (numerical checks)
     train, test = place(data.train, mesh, dtype), place(data.test, mesh, dtype)
     unsup = train if data.unsup is None else place(data.unsup, mesh, dtype)

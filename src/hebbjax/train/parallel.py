@@ -47,17 +47,23 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def check_batch(batch_size: int, mesh: Mesh, key: str) -> None:
-    n = mesh.devices.size
-    if batch_size % n:
-        raise ValueError(f"{key}: batch size {batch_size} must be divisible by the number of devices ({n})")
+def padded_size(batch_size: int, devices: int) -> int:
+    """The global batch a step runs on: ``batch_size`` rounded up to a multiple of ``devices``.
+
+    Rows past ``batch_size`` are padding: every step gives them weight 0 (in the Hebbian sums, the
+    BatchNorm statistics, the loss and the metrics; ``rows=batch_size`` in :mod:`hebbjax.train.steps`),
+    so any batch size runs on any number of devices with the result of one device."""
+    return -(-batch_size // devices) * devices
 
 
-def epoch_indices(key: jax.Array, n: int, batch_size: int, epochs: int, steps_per_chunk: int, shuffle: bool = True) -> tuple[jax.Array, jax.Array]:
+def epoch_indices(
+    key: jax.Array, n: int, batch_size: int, epochs: int, steps_per_chunk: int, shuffle: bool = True, devices: int = 1,
+) -> tuple[jax.Array, jax.Array]:
     """Sample indices for ``epochs`` epochs (each a fresh permutation, drop-last), laid out as
-    ``(chunks, steps_per_chunk, batch_size)``, and a ``(chunks, steps_per_chunk)`` mask of real
-    steps (the last chunk is padded). Chunks run across epoch boundaries, so small datasets do not
-    waste steps."""
+    ``(chunks, steps_per_chunk, padded_size(batch_size, devices))``, and a ``(chunks,
+    steps_per_chunk)`` mask of real steps (the last chunk is padded). Chunks run across epoch
+    boundaries, so small datasets do not waste steps. The padding rows of a batch (beyond
+    ``batch_size``) read row 0; the steps give them weight 0."""
     steps = n // batch_size
     if steps == 0:
         raise ValueError(f"batch size {batch_size} is larger than the dataset ({n} samples)")
@@ -72,6 +78,9 @@ def epoch_indices(key: jax.Array, n: int, batch_size: int, epochs: int, steps_pe
     pad = chunks * steps_per_chunk - total
     idx = jnp.concatenate([idx, jnp.zeros((pad, batch_size), idx.dtype)]).reshape(chunks, steps_per_chunk, batch_size)
     valid = (jnp.arange(chunks * steps_per_chunk) < total).reshape(chunks, steps_per_chunk)
+    extra = padded_size(batch_size, devices) - batch_size
+    if extra:
+        idx = jnp.pad(idx, ((0, 0), (0, 0), (0, extra)))
     return idx, valid
 
 
@@ -147,7 +156,7 @@ def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
     """Compile ``apply(args, data) -> outputs``: ``fn(args, batch)`` over the rows of ``data``.
 
     Each device takes a contiguous range of rows and scans over it in batches of
-    ``batch_size // devices``, writing every batch's output in place into one preallocated
+    ``ceil(batch_size / devices)``, writing every batch's output in place into one preallocated
     array (the last batch is shifted back to end at the last row, so no padding, no crop and no
     copy of the, possibly multi-gigabyte, output). ``fn`` must be row-wise (evaluation mode).
     """
@@ -155,7 +164,7 @@ def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
 
     def local(args, data):
         m = jax.tree_util.tree_leaves(data)[0].shape[0]
-        b = min(batch_size // n_dev, m)
+        b = min(-(-batch_size // n_dev), m)
         starts = jnp.minimum(jnp.arange(-(-m // b)) * b, m - b)
         take = lambda s: jax.tree_util.tree_map(lambda d: jax.lax.dynamic_slice_in_dim(d, s, b), data)
         shapes = jax.eval_shape(lambda: fn(args, take(0)))

@@ -27,11 +27,13 @@ def hebbian_updates(
     hebbian: dict,
     axis_name: str | None = AXIS,
     modulations: Mapping[int, jax.Array] | None = None,
+    valid: jax.Array | None = None,
 ) -> tuple[dict, dict, dict, jax.Array]:
     """One Hebbian step for the blocks in ``rules`` from the activations a forward pass sowed.
 
     Per block i: local rule update (each sample weighted by ``modulations[i]`` when given, e.g.
-    dopamine) -> ``psum`` across devices (the global batch sum) -> optax chain ``transforms[i]``
+    dopamine, and padding, ``valid`` False, by 0) -> ``psum`` across devices (the global batch
+    sum) -> optax chain ``transforms[i]``
     (max-abs normalisation, learning rate, masks...) -> ``optax.apply_updates``. ``opt_states`` is
     keyed ``block_<i>``. Returns the new params, rule state, optimiser states and a flag that
     every update was finite.
@@ -42,7 +44,8 @@ def hebbian_updates(
     for i, rule in rules.items():
         name = f"block_{i}"
         layer = params[name]["layer"]
-        dw, new_rs = rule(layer, hebbian[name]["activations"], rule_state.get(name), axis_name=axis_name, modulation=modulations.get(i))
+        dw, new_rs = rule(layer, hebbian[name]["activations"], rule_state.get(name), axis_name=axis_name,
+                          modulation=modulations.get(i), valid=valid)
         if axis_name is not None:
             dw = jax.lax.psum(dw, axis_name)
         finite = finite & all_finite(dw)

@@ -177,7 +177,8 @@ def plan(ctx: Context, phase: Phase, features: Source | None = None) -> Plan:
     t, n = ctx.cfg.training, epochs(ctx.cfg, phase)
     if isinstance(phase, Hebbian):
         rules, transforms = _hebbian_parts(ctx, phase.blocks, n * (ctx.unsup.num_examples // t.unsup_batch_size))
-        step = functools.partial(hebbian_step, model=ctx.model, rules=rules, transforms=transforms, inputs=ctx.unsup_inputs)
+        step = functools.partial(hebbian_step, model=ctx.model, rules=rules, transforms=transforms, inputs=ctx.unsup_inputs,
+                                 rows=t.unsup_batch_size)
         return Plan(step, ctx.unsup, t.unsup_batch_size, n, lambda state: (_layer_states(transforms, state.params), ()))
     if isinstance(phase, Reward):
         return _reward_plan(ctx, phase, n)
@@ -185,12 +186,12 @@ def plan(ctx: Context, phase: Phase, features: Source | None = None) -> Plan:
         return Plan(None, features, t.readout_batch_size, n, lambda state: ({}, ()))
     tx = readout_optimiser(ctx)
     if isinstance(phase, Readout):
-        step = functools.partial(readout_step, classifier=ctx.classifier, tx=tx)
+        step = functools.partial(readout_step, classifier=ctx.classifier, tx=tx, rows=t.readout_batch_size)
         return Plan(step, features, t.readout_batch_size, n, lambda state: ({}, tx.init(state.params["classifier"])))
     bp = tuple(i for i, b in enumerate(ctx.cfg.model.blocks) if b.rule == "bp")
     rules, transforms = _hebbian_parts(ctx, phase.hebbian, n * (ctx.train.num_examples // t.readout_batch_size))
     step = functools.partial(supervised_step, model=ctx.model, tx=tx, train_blocks=tuple(sorted(set(bp) | set(phase.hebbian))),
-                             rules=rules, transforms=transforms, inputs=ctx.inputs)
+                             rules=rules, transforms=transforms, inputs=ctx.inputs, rows=t.readout_batch_size)
     return Plan(step, ctx.train, t.readout_batch_size, n, lambda state: (_layer_states(transforms, state.params), tx.init(state.params)))
 
 
@@ -199,7 +200,8 @@ def _reward_plan(ctx: Context, phase: Reward, n: int) -> Plan:
     rules, transforms = _hebbian_parts(ctx, phase.blocks, n * (ctx.train.num_examples // t.unsup_batch_size))
     gates = {i: build.dopamine_gate(blocks[i]) if phase.dopamine else None for i in phase.blocks}
     step = functools.partial(reward_step, model=ctx.model, rules=rules, transforms=transforms, gates=gates,
-                             explore=phase.dopamine, decision=t.decision, window=t.decision_window, inputs=ctx.inputs)
+                             explore=phase.dopamine, decision=t.decision, window=t.decision_window, inputs=ctx.inputs,
+                           rows=t.unsup_batch_size)
 
     def init_optimisers(state: TrainState) -> tuple[Any, Any]:  # the class means carry over between the two phases
         carried = isinstance(state.sup_opt, readout_rules.ClassMeans)

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hebbjax.data.loading import Dataset
-from hebbjax.train.parallel import epoch_indices, map_batches, put_batches, replicate, scan_batches, scan_chunk
+from hebbjax.train.parallel import epoch_indices, map_batches, padded_size, put_batches, replicate, scan_batches, scan_chunk
 
 CHUNK_BYTES = 64 * 2**20  # images of one streamed chunk on the host (and in flight to the device)
 
@@ -94,7 +94,7 @@ class DeviceSource:
         return scan_chunk(step, mesh, donate=False)
 
     def chunks(self, key, batch_size, epochs, steps_per_chunk, start, mesh):
-        idx, valid = epoch_indices(key, self.rows, batch_size, epochs, steps_per_chunk)
+        idx, valid = epoch_indices(key, self.rows, batch_size, epochs, steps_per_chunk, devices=mesh.devices.size)
         valid_host = np.asarray(valid)
         for c in range(start // steps_per_chunk, idx.shape[0]):
             yield (self.arrays, idx[c], valid[c]), valid_host[c]
@@ -173,7 +173,7 @@ class StreamSource:
         steps = chunk_steps(batch_size, self.image_shape, self.dtype.itemsize, steps_per_chunk)
         stream = self.read(order)
         try:
-            for host, ok in stack(stream, steps):
+            for host, ok in stack(stream, steps, padded_size(batch_size, mesh.devices.size)):
                 yield (put_batches(host, mesh), ok), ok
         finally:
             close(stream)
@@ -191,11 +191,12 @@ class StreamSource:
         stream = self.read(np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
         outputs: list[tuple[jax.Array, np.ndarray, int]] = []
         run = _mapper(fn, mesh, batch_size)
+        rows = padded_size(batch_size, mesh.devices.size)  # shardable over the devices
         try:
             for images, labels in stream:
                 m = len(labels)
-                if m < batch_size:  # one shape, one compiled program; the padding is cut below
-                    images = np.concatenate([images, np.zeros((batch_size - m, *images.shape[1:]), images.dtype)])
+                if m < rows:  # one shape, one compiled program; the padding is cut below
+                    images = np.concatenate([images, np.zeros((rows - m, *images.shape[1:]), images.dtype)])
                 outputs.append((run(args, put_batches(images, mesh, axis=0)), labels, m))
                 if len(outputs) > 2:  # at most two batches in flight
                     jax.block_until_ready(outputs[-3][0])
@@ -211,16 +212,19 @@ def chunk_steps(batch_size: int, image_shape: tuple[int, ...], itemsize: int, mo
     return max(1, min(most, CHUNK_BYTES // max(1, batch_bytes)))
 
 
-def stack(batches: Iterable[tuple[np.ndarray, np.ndarray]], steps: int) -> Iterator[tuple[dict, np.ndarray]]:
-    """Consecutive batches stacked into ``({"x": (steps, B, ...), "y": (steps, B)}, valid)``;
+def stack(batches: Iterable[tuple[np.ndarray, np.ndarray]], steps: int, rows: int | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """Consecutive batches stacked into ``({"x": (steps, rows, ...), "y": (steps, rows)}, valid)``;
     the last chunk is zero-padded to ``steps`` and ``valid`` marks its real batches (so every
-    chunk has one shape and one compiled program)."""
+    chunk has one shape and one compiled program). ``rows``: each batch zero-padded to that many
+    rows (a global batch padded to a multiple of the devices; default: as read)."""
     buffer: dict | None = None
     filled = 0
     for images, labels in batches:
+        b = len(labels)
         if buffer is None:
-            buffer = {"x": np.zeros((steps, *images.shape), images.dtype), "y": np.zeros((steps, *labels.shape), np.int32)}
-        buffer["x"][filled], buffer["y"][filled] = images, labels
+            n = b if rows is None else rows
+            buffer = {"x": np.zeros((steps, n, *images.shape[1:]), images.dtype), "y": np.zeros((steps, n), np.int32)}
+        buffer["x"][filled, :b], buffer["y"][filled, :b] = images, labels
         filled += 1
         if filled == steps:
             yield buffer, np.ones(steps, bool)

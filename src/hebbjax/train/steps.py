@@ -6,6 +6,12 @@ inputs, ``batch["y"]`` labels) and reduces across devices itself (``psum`` of He
 global batch. Bind the static arguments with ``functools.partial`` and hand the step to
 :func:`hebbjax.train.loop.run_epochs`. Every step reports ``finite``: the update and loss were
 free of NaN/inf (the loop stops on ``False`` and keeps the state before the chunk).
+
+``rows`` (static): the real samples of the global batch, its first ``rows``; the rest is the
+padding that makes it divisible by the devices (:func:`hebbjax.train.parallel.padded_size`).
+Padding has weight 0 everywhere: in the Hebbian sums (modulation 0), rule statistics, BatchNorm
+statistics, the loss, the metrics and the class means, and the random draws are made for the real
+samples alone, so a batch of 10 gives one device's result on 3, 4 or 8. ``None``: no padding.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from hebbjax.data.loading import to_float
+from hebbjax.nn.layers import real_samples
 from hebbjax.rules import readout as readout_rules
 from hebbjax.train.build import BoundRule
 from hebbjax.train.parallel import AXIS, per_device
@@ -43,8 +50,23 @@ class Inputs:
         return to_float(images, self.normalization).astype(self.dtype)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None, rows: int | None = None) -> jax.Array:
+    """This device's share of the batch's mean cross-entropy (:func:`local_mean`)."""
+    return local_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), valid, rows)
+
+
+def local_mean(v: jax.Array, valid: jax.Array | None, rows: int | None) -> jax.Array:
+    """This device's share of the global batch mean of the per-sample ``v``: its own mean when
+    nothing is padded (the devices' shares are then averaged, :func:`across`), else the sum over
+    its real samples divided by the global ``rows`` (the shares are then summed)."""
+    v = v.astype(jnp.float32) if not jnp.issubdtype(v.dtype, jnp.floating) else v
+    return jnp.mean(v) if valid is None else jnp.sum(jnp.where(valid, v, 0)) / rows
+
+
+def across(tree: Any, valid: jax.Array | None) -> Any:
+    """The global value of the devices' shares (:func:`local_mean`, gradients of it): their mean
+    when nothing is padded, else their sum."""
+    return jax.lax.pmean(tree, AXIS) if valid is None else jax.lax.psum(tree, AXIS)
 
 
 def _gather(a: jax.Array) -> jax.Array:
@@ -53,8 +75,8 @@ def _gather(a: jax.Array) -> jax.Array:
     return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(full, a, jax.lax.axis_index(AXIS) * a.shape[0], 0), AXIS)
 
 
-def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
+def _accuracy(logits: jax.Array, labels: jax.Array, valid: jax.Array | None, rows: int | None) -> jax.Array:
+    return local_mean(jnp.argmax(logits, -1) == labels, valid, rows)
 
 
 def _draw_key(key: jax.Array) -> jax.Array:
@@ -79,72 +101,78 @@ def augment(inputs: Inputs, key: jax.Array, x: jax.Array) -> jax.Array:
 
 def hebbian_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, rules: Mapping[int, BoundRule],
-    transforms: Mapping[int, optax.GradientTransformation], inputs: Inputs,
+    transforms: Mapping[int, optax.GradientTransformation], inputs: Inputs, rows: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One unsupervised step of the blocks in ``rules``: a forward pass up to the last of them
     (those in training mode: batch statistics, dropout), then their Hebbian updates."""
     plastic = tuple(rules)
     x = inputs(batch["x"])
+    valid = real_samples(x.shape[0], rows, AXIS)
     if inputs.augment is None:
         key, k_drop = jax.random.split(state.key)
     else:
         key, k_drop, k_aug = jax.random.split(state.key, 3)
         x = augment(inputs, k_aug, x)
     _, mut = model.apply(
-        state.variables, x, train_blocks=plastic, upto=max(plastic) + 1, classify=False,
+        state.variables, x, train_blocks=plastic, upto=max(plastic) + 1, classify=False, rows=rows,
         mutable=["batch_stats", "hebbian"], rngs={"dropout": _draw_key(k_drop)},
     )
-    params, rule_state, opt, finite = hebbian_updates(rules, transforms, state.params, state.rule_state, state.opt, mut["hebbian"])
+    params, rule_state, opt, finite = hebbian_updates(rules, transforms, state.params, state.rule_state, state.opt, mut["hebbian"],
+                                                      valid=valid)
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state, opt=opt, key=key)
     return new, {"finite": finite}
 
 
 def readout_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, classifier: nn.Module, tx: optax.GradientTransformation,
+    rows: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One step of the linear classifier on cached features ``batch["x"]``: cross-entropy, Adam."""
     key, k_drop = jax.random.split(state.key)
+    valid = real_samples(batch["y"].shape[0], rows, AXIS)
 
     def loss_fn(p):
-        logits = classifier.apply({"params": p}, batch["x"], train=True, rngs={"dropout": _draw_key(k_drop)})
-        return cross_entropy(logits, batch["y"]), logits
+        logits = classifier.apply({"params": p}, batch["x"], train=True, rows=rows, rngs={"dropout": _draw_key(k_drop)})
+        return cross_entropy(logits, batch["y"], valid, rows), logits
 
     current = state.params["classifier"]
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(per_device(current))
-    grads = jax.lax.pmean(grads, AXIS)
+    grads = across(grads, valid)
     updates, sup_opt = tx.update(grads, state.sup_opt, current)
     classifier_params = optax.apply_updates(current, updates)
     new = state.replace(params={**state.params, "classifier": classifier_params}, sup_opt=sup_opt, key=key)
-    loss, accuracy = jax.lax.pmean((loss, _accuracy(logits, batch["y"])), AXIS)
+    loss, accuracy = across((loss, _accuracy(logits, batch["y"], valid, rows)), valid)
     return new, {"loss": loss, "accuracy": accuracy, "finite": jnp.isfinite(loss) & all_finite(classifier_params)}
 
 
 def supervised_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
     train_blocks: tuple[int, ...], rules: Mapping[int, BoundRule], transforms: Mapping[int, optax.GradientTransformation],
-    inputs: Inputs,
+    inputs: Inputs, rows: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One end-to-end supervised step: the classifier and the ``bp`` blocks by ``tx`` on the
     cross-entropy of the whole network; the blocks in ``rules`` (simultaneous mode) by their
     Hebbian rules on the same forward pass. ``train_blocks``: the blocks in training mode."""
     key, k_drop, k_aug = jax.random.split(state.key, 3)
     x = inputs(batch["x"])
+    valid = real_samples(x.shape[0], rows, AXIS)
     if inputs.augment is not None:
         x = augment(inputs, k_aug, x)
 
     def loss_fn(p):
         logits, mut = model.apply(
-            {**state.variables, "params": p}, x, train_blocks=train_blocks, train_classifier=True,
+            {**state.variables, "params": p}, x, train_blocks=train_blocks, train_classifier=True, rows=rows,
             mutable=["batch_stats", "hebbian"], rngs={"dropout": _draw_key(k_drop)},
         )
-        return cross_entropy(logits, batch["y"]), (mut, logits)
+        return cross_entropy(logits, batch["y"], valid, rows), (mut, logits)
 
     (loss, (mut, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(per_device(state.params))
-    grads = jax.lax.pmean(grads, AXIS)
+    grads = across(grads, valid)
     updates, sup_opt = tx.update(grads, state.sup_opt, state.params)
     params = optax.apply_updates(state.params, updates)
-    params, rule_state, opt, finite = hebbian_updates(rules, transforms, params, state.rule_state, state.opt, mut.get("hebbian", {}))
-    loss, accuracy = jax.lax.pmean((loss, _accuracy(logits, batch["y"])), AXIS)
+    params, rule_state, opt, finite = hebbian_updates(rules, transforms, params, state.rule_state, state.opt, mut.get("hebbian", {}),
+                                                      valid=valid)
+    loss, accuracy = across((loss, _accuracy(logits, batch["y"], valid, rows)), valid)
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
                         opt=opt, sup_opt=sup_opt, key=key)
     return new, {"loss": loss, "accuracy": accuracy, "finite": finite & jnp.isfinite(loss) & all_finite(params)}
@@ -163,7 +191,7 @@ def decide(outputs: jax.Array, readout: Any, decision: str) -> jax.Array:
 def reward_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, rules: Mapping[int, BoundRule],
     transforms: Mapping[int, optax.GradientTransformation], gates: Mapping[int, Any], explore: bool, decision: str,
-    window: int, inputs: Inputs,
+    window: int, inputs: Inputs, rows: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One step of Holca-Lamarre's reward-modulated Hebbian learning.
 
@@ -177,23 +205,27 @@ def reward_step(
     """
     plastic = tuple(rules)
     x, labels = inputs(batch["x"]), batch["y"]
+    valid = real_samples(x.shape[0], rows, AXIS)
     key, k_drop, k_explore = jax.random.split(state.key, 3)
     rngs = {"dropout": _draw_key(k_drop), "explore": _draw_key(k_explore)}
-    run = functools.partial(model.apply, state.variables, x, train_blocks=plastic, classify=False, rngs=rngs)
+    run = functools.partial(model.apply, state.variables, x, train_blocks=plastic, classify=False, rows=rows, rngs=rngs)
     outputs, mut = run(explore=explore, mutable=["batch_stats", "hebbian"])
     greedy = run(mutable=["batch_stats"])[0] if explore else outputs
     chosen, greedy_choice = decide(outputs, state.sup_opt, decision), decide(greedy, state.sup_opt, decision)
     predicted, received = greedy_choice == chosen, chosen == labels
     modulations = {i: gate(predicted, received) for i, gate in gates.items() if gate is not None}
     params, rule_state, opt, finite = hebbian_updates(rules, transforms, state.params, state.rule_state, state.opt,
-                                                      mut["hebbian"], modulations=modulations)
+                                                      mut["hebbian"], modulations=modulations, valid=valid)
     sup_opt = state.sup_opt
-    if decision == "neural_prob":  # every device adds the whole global batch, in the same order
-        sup_opt = readout_rules.class_means_update(sup_opt, _gather(greedy.reshape(greedy.shape[0], -1)), _gather(labels), window)
+    if decision == "neural_prob":  # every device adds the whole global batch (its real samples), in the same order
+        real = slice(None) if valid is None else slice(rows)
+        sup_opt = readout_rules.class_means_update(sup_opt, _gather(greedy.reshape(greedy.shape[0], -1))[real], _gather(labels)[real],
+                                                   window)
     new = state.replace(params=params, batch_stats=mut.get("batch_stats", state.batch_stats), rule_state=rule_state,
                         opt=opt, sup_opt=sup_opt, key=key)
-    mean = lambda a: jax.lax.pmean(jnp.mean(a.astype(jnp.float32)), AXIS)
-    cases = jax.nn.one_hot(2 * predicted.astype(jnp.int32) + received.astype(jnp.int32), 4).sum(0)  # (p, r): 00 01 10 11
+    mean = lambda a: across(local_mean(a, valid, rows), valid)
+    cases = jax.nn.one_hot(2 * predicted.astype(jnp.int32) + received.astype(jnp.int32), 4)  # (p, r): 00 01 10 11
+    cases = (cases if valid is None else cases * valid[:, None]).sum(0)
     metrics = {"finite": finite, "reward": mean(received), "predicted": mean(predicted), "accuracy": mean(greedy_choice == labels),
                "rpe": mean(received.astype(jnp.float32) - predicted.astype(jnp.float32)), "cases": jax.lax.psum(cases, AXIS)}
     return new, metrics
