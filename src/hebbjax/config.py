@@ -235,6 +235,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """One run over several processes (hosts), each with its devices (``jax.distributed``).
+
+    ``enabled`` with the three keys unset: JAX finds them in a cluster it knows (SLURM, Open MPI,
+    ...); set them to launch the processes by hand. Every process runs the same command with the
+    same ``hydra.run.dir`` (a shared folder); process 0 writes results, metrics and checkpoints."""
+
+    enabled: bool = False
+    coordinator_address: Optional[str] = None  # host:port that process 0 listens on
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -246,10 +260,11 @@ class Config:
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 #: Keys that change how a run is observed or stored, never what it computes (a resumed run may
 #: change them).
-OPERATIONAL_KEYS = ("resume", "logging", "checkpoint")
+OPERATIONAL_KEYS = ("resume", "logging", "checkpoint", "distributed")
 
 
 _BLOCK_FIELDS = {f.name for f in dataclasses.fields(BlockConfig)}
@@ -576,7 +591,22 @@ def check(cfg: Config, spec: Any = None) -> list[tuple[int, ...]]:
     if t.method == "reward" and t.decision == "neural_dopa" and shapes[-1] != (spec.num_classes,):
         raise ConfigError(f"training.decision: neural_dopa decides by the last block, which needs {spec.num_classes} channels "
                           f"(one per class) and a flat output; it gives {shapes[-1]}")
+    _check_distributed(cfg.distributed)
     return shapes
+
+
+def _check_distributed(dist: DistributedConfig) -> None:
+    given = {k: getattr(dist, k) for k in ("coordinator_address", "num_processes", "process_id")}
+    if any(v is not None for v in given.values()) and not dist.enabled:
+        raise ConfigError("distributed.enabled: coordinator_address / num_processes / process_id are set; set enabled=true")
+    if dist.num_processes is not None and dist.num_processes < 1:
+        raise ConfigError(f"distributed.num_processes: expected >= 1, got {dist.num_processes}")
+    if dist.process_id is not None and not 0 <= dist.process_id < (dist.num_processes or dist.process_id + 1):
+        raise ConfigError(f"distributed.process_id: expected 0 <= process_id < num_processes ({dist.num_processes}), "
+                          f"got {dist.process_id}")
+    address = dist.coordinator_address
+    if address is not None and (address.count(":") < 1 or not address.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"distributed.coordinator_address: expected host:port, got {address!r}")
 
 
 def _check_augment_options(options: AugmentOptions, side: int) -> None:

@@ -88,6 +88,29 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def initialize_distributed(cfg: Config) -> None:
+    """Join the run's processes (``distributed.enabled``): ``jax.distributed.initialize`` with the
+    keys given, the rest detected by JAX (SLURM, Open MPI, ...); CPU processes exchange
+    collectives over gloo. Call before any JAX computation."""
+    import jax
+
+    d = cfg.distributed
+    if not d.enabled:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    given = {k: getattr(d, k) for k in ("coordinator_address", "num_processes", "process_id") if getattr(d, k) is not None}
+    jax.distributed.initialize(**given)
+    log.info("distributed: process %d of %d, %d of %d devices here", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def is_primary() -> bool:
+    """This process writes the run's files (process 0 of a distributed run; always, otherwise)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def open_checkpoints(cfg: Config, run_dir: Path):
     """The run directory's checkpoints (None when disabled), after checking that resuming is
     what was asked for and that the checkpoints were written by the same config."""
@@ -136,6 +159,7 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             results = json.loads((run_dir / RESULTS).read_text())
             log.warning("resume: %s finished already (%s); nothing to do", run_dir, RESULTS)
             return results
+    initialize_distributed(cfg)
     enable_compilation_cache()
     from hebbjax.train import fit
     from hebbjax.train.monitor import Monitor
@@ -160,7 +184,8 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             "python": platform.python_version(),
             "config": resolved if resolved is not None else dataclasses.asdict(cfg),
         }
-        write_json(run_dir / RESULTS, results)
+        if is_primary():
+            write_json(run_dir / RESULTS, results)
         monitor.results(results)
     finally:
         if checkpoints is not None:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hebbjax.config import from_dict
 from hebbjax.nn import HebbianNetwork
@@ -54,7 +55,12 @@ class Checkpoints:
 
     def save(self, state: TrainState, meta: dict[str, Any], force: bool = False) -> bool:
         """Save ``state`` with ``meta`` if forced or ``every_minutes`` have passed since the last save."""
-        if not force and time.monotonic() - self.last_save < self.every:
+        due = force or time.monotonic() - self.last_save >= self.every
+        if jax.process_count() > 1 and not force:  # every process saves together (orbax), when process 0's clock says so
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        if not due:
             return False
         start = time.perf_counter()
         args = self.ocp.args.Composite(state=self.ocp.args.StandardSave(_saveable(state)), meta=self.ocp.args.JsonSave(meta))

@@ -56,12 +56,13 @@ class Monitor:
 
     def __init__(self, cfg: Any, run_dir: str | Path | None, config: dict[str, Any] | None = None) -> None:
         self.cfg, self.log_cfg = cfg, cfg.logging
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        # Several processes: every one computes the diagnostics (collectives), process 0 writes.
+        self.run_dir = None if run_dir is None or jax.process_index() != 0 else Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl" if self.run_dir is not None and self.log_cfg.metrics else None
         self.start = time.perf_counter()
         self.history: list[dict[str, Any]] = []  # epoch and phase records: the accuracy curves
         self.last_diagnostics: dict[str, Any] = {}
-        self.wandb = _wandb_run(cfg, self.run_dir, config) if self.log_cfg.wandb.enabled else None
+        self.wandb = _wandb_run(cfg, self.run_dir, config) if self.log_cfg.wandb.enabled and self.run_dir is not None else None
         self.global_step = 0
 
     def write(self, record: dict[str, Any]) -> None:
@@ -132,7 +133,10 @@ class Monitor:
         if callback is not None and getattr(callback, "probe", None) is not None:
             record["diagnostics"] = self.diagnostics(callback.diagnose, state, callback.probe)
         self.write(record)
-        if self.log_cfg.plots and self.run_dir is not None:
+        if self.log_cfg.plots and jax.process_count() > 1:
+            if p == 0 and self.run_dir is not None:
+                log.warning("logging.plots: pictures are not drawn in a run over several processes yet")
+        elif self.log_cfg.plots and self.run_dir is not None:
             from hebbjax import plot
 
             try:

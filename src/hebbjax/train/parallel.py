@@ -1,7 +1,8 @@
 """Data parallelism: the pmap pattern written with ``jax.shard_map`` over a 1-d ``data`` mesh.
 
-Batches are sharded over all local devices, parameters and optimiser state replicated. A step
-function runs per device on its shard and reduces explicitly (``lax.psum`` of Hebbian updates,
+Batches are sharded over all devices (of every process, in a ``jax.distributed`` run),
+parameters and optimiser state replicated. A step function runs per device on its shard and
+reduces explicitly (``lax.psum`` of Hebbian updates,
 ``lax.pmean`` of gradients and BatchNorm statistics) *before* any non-linear post-processing, so
 the result equals single-device training on the same global batch.
 
@@ -13,6 +14,7 @@ of 10.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,13 +40,26 @@ def per_device(tree: Any) -> Any:
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-d mesh over ``devices`` (default: all local devices) with axis ``data``."""
-    devices = jax.local_devices() if devices is None else devices
+    """A 1-d mesh over ``devices`` (default: every device of every process) with axis ``data``."""
+    devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (AXIS,))
 
 
+def _put(a: Any, sharding: NamedSharding) -> Any:
+    """``device_put(a, sharding)``, also onto a mesh that spans several processes: there an array
+    committed to this process's devices goes by way of the host (every process holds the same
+    value; ``device_put`` checks it), a PRNG key by way of its key data."""
+    if jax.process_count() > 1 and isinstance(a, jax.Array) and a.is_fully_addressable:
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(a)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        a = np.asarray(a)
+    return jax.device_put(a, sharding)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(lambda a: _put(a, sharding), tree)
 
 
 def padded_size(batch_size: int, devices: int) -> int:
@@ -149,7 +164,8 @@ def put_batches(tree: Any, mesh: Mesh, axis: int = 1) -> Any:
     """Start copying host arrays to the devices, split along ``axis`` (the batch axis), without
     waiting: the copy overlaps with the computation already dispatched."""
     spec = P(*([None] * axis), AXIS)
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree_util.tree_map(lambda a: _put(a, sharding), tree)
 
 
 def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
@@ -177,8 +193,10 @@ def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
         return jax.lax.scan(body, out, starts)[0]
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+    # Several processes: the outputs gathered onto every device, so every process can read them.
+    out = NamedSharding(mesh, P()) if jax.process_count() > 1 else None
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=out)
     def compiled(args, data):
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
         pad = -n % n_dev
