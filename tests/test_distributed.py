@@ -1,7 +1,7 @@
 """Several processes: a run over 2 processes (one CPU device each, collectives over gloo) is the
 run of one process with 2 devices, writes its files once, and resumes across processes.
 
-``python -m hebbjax.run distributed.enabled=true distributed.coordinator_address=... 
+``python -m hebbjax.run distributed.enabled=true distributed.coordinator_address=...
 distributed.num_processes=2 distributed.process_id=i`` is what a user launches by hand (on SLURM
 the three keys are detected); each test starts the processes as subprocesses on localhost.
 """
