@@ -104,13 +104,6 @@ def initialize_distributed(cfg: Config) -> None:
              jax.local_device_count(), jax.device_count())
 
 
-def is_primary() -> bool:
-    """This process writes the run's files (process 0 of a distributed run; always, otherwise)."""
-    import jax
-
-    return jax.process_index() == 0
-
-
 def open_checkpoints(cfg: Config, run_dir: Path):
     """The run directory's checkpoints (None when disabled), after checking that resuming is
     what was asked for and that the checkpoints were written by the same config."""
@@ -184,6 +177,8 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             "python": platform.python_version(),
             "config": resolved if resolved is not None else dataclasses.asdict(cfg),
         }
+        from hebbjax.train.parallel import is_primary
+
         if is_primary():
             write_json(run_dir / RESULTS, results)
         monitor.results(results)

@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules.hebbian import check_activations, check_activations_type, hebbian_update, like_params, per_neuron_sum
+from hebbjax.rules.hebbian import _modulate, check_activations, check_activations_type, hebbian_update, like_params, per_neuron_sum
 from hebbjax.rules.linear import Activations, Array, Params, _shape_error
 
 # ----------------------------------------------------------------------------------------------
@@ -242,14 +242,13 @@ def sparse_topk_signal(
     if valid is not None and jnp.shape(valid) != u.shape[:1]:
         raise _shape_error("valid", f"one value per sample, ({u.shape[0]},)", valid)
     y = topk_binary_signal(u - state.threshold, k)
-    if valid is not None:  # sums over the real samples, then one division (also across devices)
-        counted = per_neuron_sum(jnp.where(valid.reshape((-1,) + (1,) * (y.ndim - 1)), y, 0))
-        positions = jnp.sum(valid) * (y[0].size // y.shape[-1])
+    if valid is None:
+        firing = per_neuron_sum(y) / (y.size // y.shape[-1])
+        if axis_name is not None:
+            firing = jax.lax.pmean(firing, axis_name)
+    else:  # sums over the real samples, then one division (also across devices)
+        counted, positions = per_neuron_sum(_modulate(y, valid)), jnp.sum(valid) * (y[0].size // y.shape[-1])
         if axis_name is not None:
             counted, positions = jax.lax.psum((counted, positions), axis_name)
         firing = counted / positions.astype(y.dtype)
-    else:
-        firing = per_neuron_sum(y) / (y.size // y.shape[-1])
-    if valid is None and axis_name is not None:
-        firing = jax.lax.pmean(firing, axis_name)
     return y, SparseTopKState(state.threshold + homeostasis_rate * (firing - k / u.shape[-1]))

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules.hebbian import _vary_like
+from hebbjax.rules.hebbian import _modulate, _vary_like
 from hebbjax.rules.linear import Activations, Array, Params
 from hebbjax.rules.plasticity import (
     SparseTopKState,
@@ -159,7 +159,7 @@ def _in_range(name: str, low: int, high_name: str = "channels"):
 def _only(valid: Array | None, y: Array) -> Array:
     """``y`` with the padded samples' rows zeroed: the surrogate losses are sums of terms in ``y``
     (and ``y^2``), so those samples then add nothing."""
-    return y if valid is None else jnp.where(valid.reshape((-1,) + (1,) * (y.ndim - 1)), y, 0)
+    return _modulate(y, valid)
 
 
 def _given_y_surrogate(kind: str):

@@ -31,6 +31,7 @@ import numpy as np
 
 from hebbjax.train import diagnostics as diag
 from hebbjax.train.loop import Chunk
+from hebbjax.train.parallel import is_primary
 
 if TYPE_CHECKING:
     from hebbjax.train.fit import Context
@@ -57,7 +58,7 @@ class Monitor:
     def __init__(self, cfg: Any, run_dir: str | Path | None, config: dict[str, Any] | None = None) -> None:
         self.cfg, self.log_cfg = cfg, cfg.logging
         # Several processes: every one computes the diagnostics (collectives), process 0 writes.
-        self.run_dir = None if run_dir is None or jax.process_index() != 0 else Path(run_dir)
+        self.run_dir = None if run_dir is None or not is_primary() else Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl" if self.run_dir is not None and self.log_cfg.metrics else None
         self.start = time.perf_counter()
         self.history: list[dict[str, Any]] = []  # epoch and phase records: the accuracy curves

@@ -2,9 +2,9 @@
 
 Batches are sharded over all devices (of every process, in a ``jax.distributed`` run),
 parameters and optimiser state replicated. A step function runs per device on its shard and
-reduces explicitly (``lax.psum`` of Hebbian updates,
-``lax.pmean`` of gradients and BatchNorm statistics) *before* any non-linear post-processing, so
-the result equals single-device training on the same global batch.
+reduces explicitly (``lax.psum`` of Hebbian updates, ``lax.pmean`` of gradients and BatchNorm
+statistics) *before* any non-linear post-processing, so the result equals single-device training
+on the same global batch.
 
 Many steps run inside one jit call (``lax.scan`` over a chunk of batches, gathered on the device
 from the device-resident dataset by :func:`scan_chunk`, or stacked on the host and copied ahead
@@ -57,9 +57,17 @@ def _put(a: Any, sharding: NamedSharding) -> Any:
     return jax.device_put(a, sharding)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    sharding = NamedSharding(mesh, P())
+def _place(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree_util.tree_map(lambda a: _put(a, sharding), tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    return _place(tree, NamedSharding(mesh, P()))
+
+
+def is_primary() -> bool:
+    """This process writes the run's files: process 0 of a ``jax.distributed`` run (always, in one process)."""
+    return jax.process_index() == 0
 
 
 def padded_size(batch_size: int, devices: int) -> int:
@@ -163,9 +171,7 @@ def scan_batches(step: Callable, mesh: Mesh) -> Callable:
 def put_batches(tree: Any, mesh: Mesh, axis: int = 1) -> Any:
     """Start copying host arrays to the devices, split along ``axis`` (the batch axis), without
     waiting: the copy overlaps with the computation already dispatched."""
-    spec = P(*([None] * axis), AXIS)
-    sharding = NamedSharding(mesh, spec)
-    return jax.tree_util.tree_map(lambda a: _put(a, sharding), tree)
+    return _place(tree, NamedSharding(mesh, P(*([None] * axis), AXIS)))
 
 
 def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
