@@ -33,10 +33,12 @@ def _env(devices: int) -> dict[str, str]:
                 HEBBJAX_COMPILATION_CACHE="")
 
 
-def _two_processes(run_dir: Path, *extra: str) -> list[str]:
+def _two_processes(run_dir: Path, *extra: str, second_dir: Path | None = None) -> list[str]:
+    """Both processes' output; ``second_dir``: process 1's Hydra run directory (default ``run_dir``)."""
     port = _free_port()
+    dirs = [run_dir, second_dir or run_dir]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "hebbjax.run", *SHORT, f"hydra.run.dir={run_dir}", "distributed.enabled=true",
+        [sys.executable, "-m", "hebbjax.run", *SHORT, f"hydra.run.dir={dirs[i]}", "distributed.enabled=true",
          f"distributed.coordinator_address=localhost:{port}", "distributed.num_processes=2", f"distributed.process_id={i}", *extra],
         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = []
@@ -59,10 +61,10 @@ def _losses(run_dir: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("distributed")
-    one = subprocess.run([sys.executable, "-m", "hebbjax.run", *SHORT, f"hydra.run.dir={base / 'one'}"], env=_env(2),
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run([sys.executable, "-m", "hebbjax.run", *SHORT, f"hydra.run.dir={base / 'one'}", "logging.plots=true"],
+                         env=_env(2), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
-    outputs = _two_processes(base / "two")
+    outputs = _two_processes(base / "two", "logging.plots=true")
     return base, outputs
 
 
@@ -74,6 +76,9 @@ def test_two_processes_train_what_one_process_with_two_devices_trains(runs):
     # the readout's loss, chunk by chunk: the same computation, not only the same final accuracy
     assert len(_losses(base / "two")) == len(_losses(base / "one")) >= 3
     assert max(abs(a - b) for a, b in zip(_losses(base / "one"), _losses(base / "two"))) < 1e-6
+    n = 1347  # digits train rows: each process holds its half on its device
+    assert f"process 0 holds rows 0-{n // 2 + n % 2} of {n}" in outputs[0]
+    assert f"process 1 holds rows {n // 2 + n % 2}-{n} of {n}" in outputs[1]
     summaries = [out.strip().splitlines()[-1].split(" total=")[0] for out in outputs]  # both processes print it
     assert summaries[0] == summaries[1] == f"default seed=0: test_accuracy={one['test_accuracy']:.4f} train_accuracy={one['train_accuracy']:.4f}"
 
@@ -84,6 +89,14 @@ def test_process_zero_alone_writes_the_results_and_metrics(runs):
     assert sum(r["event"] == "results" for r in lines) == 1
     assert sum(r["event"] == "phase" for r in lines) == 2  # one line per phase, not one per process
     assert not list((base / "two").glob("*.tmp"))
+
+
+def test_process_zero_draws_the_pictures_of_the_run(runs):
+    base, outputs = runs
+    one, two = (sorted(p.name for p in (base / run / "plots").glob("*.png")) for run in ("one", "two"))
+    assert two == one and len(one) >= 4  # filters, weight norms, receptive fields, accuracy, per phase
+    assert all((base / "two" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in two)
+    assert not any("plots of phase" in out for out in outputs)  # no drawing failed on either process
 
 
 def test_a_run_over_two_processes_resumes_from_a_checkpoint_in_the_middle(runs):
@@ -123,7 +136,12 @@ def test_a_streamed_split_trains_the_same_over_two_processes(tmp_path):
     one = subprocess.run([sys.executable, "-m", "hebbjax.run", *SHORT, *stream, f"hydra.run.dir={tmp_path / 'one'}"], env=_env(2),
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
-    _two_processes(tmp_path / "two", *stream)
+    # process 1's Hydra directory differs (its timestamp a second later): process 0's is the run's
+    outputs = _two_processes(tmp_path / "two", *stream, second_dir=tmp_path / "two_later")
+    assert not (tmp_path / "two_later" / "results.json").exists() and not (tmp_path / "two_later" / "checkpoints").exists()
+    # each process reads its own half of every batch of 10, not the whole batch
+    assert "process 0 reads rows 0-5 of every streamed batch of 10" in outputs[0]
+    assert "process 1 reads rows 5-10 of every streamed batch of 10" in outputs[1]
     a, b = _results(tmp_path / "one"), _results(tmp_path / "two")
     assert a["streamed"] and b["streamed"]
     assert (b["test_accuracy"], b["train_accuracy"]) == (a["test_accuracy"], a["train_accuracy"])

@@ -159,3 +159,52 @@ def test_any_batch_size_gives_the_same_result_on_any_device_count():
     for name, r in result.items():
         assert r["rel"] < 2e-5, (name, r)  # the summation order alone: ~1e-6 (module docstring)
         assert len({tuple(a) for a in r["accuracy"].values()}) == 1, (name, r)
+
+
+ROWS = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from hebbjax.train import AXIS, DeviceSource, make_mesh
+
+    mesh = make_mesh(jax.devices()[:3])
+    x = np.arange(10 * 2, dtype=np.float32).reshape(10, 2) + 1
+    source = DeviceSource.of(x, np.arange(10), mesh)
+    shards = [s.data.shape[0] for s in source.arrays["x"].addressable_shards]
+
+    def step(carry, batch):  # every device's shard of the batch, put back in its place
+        local = batch["x"]
+        at = jax.lax.axis_index(AXIS) * local.shape[0]
+        whole = jax.lax.dynamic_update_slice_in_dim(jnp.zeros((3 * local.shape[0], 2), local.dtype), local, at, 0)
+        return carry, {"x": jax.lax.psum(whole, AXIS)}
+
+    run, seen, want = source.runner(step, mesh), [], []
+    for args, ok in source.chunks(jax.random.key(0), 5, 3, 4, 0, mesh):
+        _, metrics = run(jnp.zeros(()), *args)
+        seen.append(np.asarray(metrics["x"])[ok]); want.append(x[np.asarray(args[1])[ok]])
+
+    def double(scale, rows):
+        return rows * scale
+
+    mapped, labels = source.map(double, 2.0, 4, mesh)
+    print(json.dumps({
+        "shards": shards, "padding": np.asarray(source.arrays["x"])[10:].tolist(),
+        "batches": bool(np.array_equal(np.concatenate(seen), np.concatenate(want))), "steps": int(sum(len(s) for s in seen)),
+        "take": bool(np.array_equal(np.asarray(source.take(np.array([9, 0, 4]))), x[[9, 0, 4]])),
+        "map": bool(np.array_equal(np.asarray(mapped), 2 * x)), "labels": np.asarray(labels).tolist(),
+    }))
+    """
+)
+
+
+def test_a_split_on_the_device_is_spread_over_the_devices_by_rows():
+    """Each of 3 devices holds a third of a 10-row split (4 rows; the last 2 are zero padding),
+    and every batch a step sees, every row ``take`` reads and every output of ``map`` is the
+    one a single device holding the whole split would give."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", ROWS], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["shards"] == [4, 4, 4] and r["padding"] == [[0, 0], [0, 0]]
+    assert r["batches"] and r["steps"] == 3 * (10 // 5)  # batch 5 (padded to 6) read from all three devices
+    assert r["take"] and r["map"] and r["labels"] == list(range(10))

@@ -184,14 +184,25 @@ def accuracy_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
     return _figure(path, draw)
 
 
+def probe_images(ctx: Any, n: int = 256) -> np.ndarray:
+    """The first ``n`` training images as the network sees them, on the host. In a run over several
+    processes every process must call it (the rows lie on every process's devices)."""
+    return np.asarray(ctx.inputs(jnp.asarray(ctx.train.take(np.arange(min(n, ctx.train.num_examples))))))
+
+
 def draw(ctx: Any, state: Any, folder: Path, prefix: str = "", diagnostics: dict | None = None,
-         history: list | None = None) -> list[Path]:
-    """Every picture of the module docstring for a training context and state, into ``folder``."""
+         history: list | None = None, images: np.ndarray | None = None) -> list[Path]:
+    """Every picture of the module docstring for a training context and state, into ``folder``.
+
+    Only host copies are drawn from (``images``: :func:`probe_images`, read here when not given;
+    the variables copied off the devices), so in a run over several processes process 0 draws alone."""
     prefix = f"{prefix}_" if prefix else ""
     blocks = ctx.cfg.model.blocks
     model = ctx.model.clone(axis_name=None)
-    kernels = {f"block_{i}": np.asarray(state.params[f"block_{i}"]["layer"]["kernel"]) for i in range(len(blocks))}
-    images = np.asarray(ctx.inputs(jnp.asarray(ctx.train.take(np.arange(min(256, ctx.train.num_examples))))))
+    images = probe_images(ctx) if images is None else images
+    variables = jax.tree_util.tree_map(np.asarray, dict(state.variables))
+    kernels = {f"block_{i}": variables["params"][f"block_{i}"]["layer"]["kernel"] for i in range(len(blocks))}
+    state = _state_from_raw(variables)
     paths = [save_png(tile(filters(kernels["block_0"], ctx.train.image_shape), scale=4), folder / f"{prefix}filters.png"),
              norm_histograms(kernels, folder / f"{prefix}weight_norms.png")]
     for i in range(1, len(blocks)):

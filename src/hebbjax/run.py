@@ -154,6 +154,13 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             return results
     initialize_distributed(cfg)
     enable_compilation_cache()
+    if jax.process_count() > 1:  # one run directory: process 0's (Hydra's timestamps can differ by a second)
+        from hebbjax.train.parallel import same_text
+
+        first = Path(same_text(str(run_dir)))
+        if first != run_dir:
+            log.info("distributed: writing to process 0's run directory %s (not %s)", first, run_dir)
+        run_dir = first
     from hebbjax.train import fit
     from hebbjax.train.monitor import Monitor
 

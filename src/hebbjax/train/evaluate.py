@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hebbjax.rules import readout as readout_rules
+from hebbjax.train.parallel import to_host
 from hebbjax.train.sources import Source
 from hebbjax.train.steps import Inputs, decide
 
@@ -78,4 +79,5 @@ def class_means(model: nn.Module, variables: Any, source: Source, *, batch_size:
 
 def accuracy(predicted: Any, labels: Any) -> float:
     """Fraction of rows classified correctly."""
-    return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
+    predicted, labels = to_host((predicted, labels))
+    return float(np.mean(predicted == labels))

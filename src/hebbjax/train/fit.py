@@ -27,7 +27,7 @@ from hebbjax.train import build, evaluate, probes, state as state_lib
 from hebbjax.train.checkpoint import Checkpoints
 from hebbjax.train.monitor import Monitor
 from hebbjax.train.loop import Progress, counted, run_epochs, stop_if_not_finite
-from hebbjax.train.parallel import AXIS, make_mesh, replicate
+from hebbjax.train.parallel import AXIS, make_mesh, replicate, to_host
 from hebbjax.train import protocol
 from hebbjax.train.protocol import Phase, Readout, RidgeReadout, Supervised, phase_keys, plan
 from hebbjax.train.sources import DeviceSource, Source, StreamSource, concat, place
@@ -168,8 +168,7 @@ def cached_features(ctx: Context, state: TrainState) -> DeviceSource:
     t = ctx.cfg.training
     feats, labels = evaluate.features(ctx.model, state.variables, concat(ctx.train, ctx.test),
                                       batch_size=t.eval_batch_size, mesh=ctx.mesh, inputs=ctx.inputs)
-    # Replicated once, not per chunk call (features come out of map_batches sharded over the devices).
-    return DeviceSource(replicate({"x": jax.block_until_ready(feats), "y": labels}, ctx.mesh), ctx.train.num_examples)
+    return DeviceSource.of(jax.block_until_ready(feats), labels, ctx.mesh, rows=ctx.train.num_examples)
 
 
 def checkpoint_meta(ctx: Context, p: int, done: int, total: int, record: Record) -> dict[str, Any]:
@@ -279,7 +278,7 @@ def accuracies(ctx: Context, state: TrainState, cache: dict[str, Any]) -> tuple[
         train = evaluate.predict(ctx.model, state.variables, ctx.train, inputs=ctx.inputs, **kw)
         test = evaluate.predict(ctx.model, state.variables, ctx.test, inputs=ctx.inputs, **kw)
         return evaluate.accuracy(*train), evaluate.accuracy(*test)
-    pred, labels = jax.device_get((pred, labels))
+    pred, labels = to_host((pred, labels))
     return evaluate.accuracy(pred[:n], labels[:n]), evaluate.accuracy(pred[n:], labels[n:])
 
 

@@ -134,16 +134,15 @@ class Monitor:
         if callback is not None and getattr(callback, "probe", None) is not None:
             record["diagnostics"] = self.diagnostics(callback.diagnose, state, callback.probe)
         self.write(record)
-        if self.log_cfg.plots and jax.process_count() > 1:
-            if p == 0 and self.run_dir is not None:
-                log.warning("logging.plots: pictures are not drawn in a run over several processes yet")
-        elif self.log_cfg.plots and self.run_dir is not None:
+        if self.log_cfg.plots and (self.run_dir is not None or jax.process_count() > 1):
             from hebbjax import plot
 
             try:
+                images = plot.probe_images(ctx)  # every process: the rows lie on every process's devices
                 slug = re.sub(r"[^a-z0-9]+", "_", ctx.phases[p].name.lower()).strip("_")
-                paths = plot.draw(ctx, state, self.run_dir / "plots", prefix=f"phase{p + 1}_{slug}",
-                                  diagnostics=self.last_diagnostics, history=self.history)
+                paths = [] if self.run_dir is None else plot.draw(  # process 0 draws, from host copies
+                    ctx, state, self.run_dir / "plots", prefix=f"phase{p + 1}_{slug}",
+                    diagnostics=self.last_diagnostics, history=self.history, images=images)
             except Exception as err:  # noqa: BLE001 - a picture never fails a run
                 log.warning("plots of phase %d failed: %s: %s", p + 1, type(err).__name__, err)
                 paths = []

@@ -1,7 +1,9 @@
 """Data parallelism: the pmap pattern written with ``jax.shard_map`` over a 1-d ``data`` mesh.
 
-Batches are sharded over all devices (of every process, in a ``jax.distributed`` run),
-parameters and optimiser state replicated. A step function runs per device on its shard and
+Batches are sharded over all devices (of every process, in a ``jax.distributed`` run), and so
+are the rows of a device-resident dataset (:func:`shard_rows`: each device holds ``1/devices`` of
+it, each process places only its own devices' rows); parameters and optimiser state are
+replicated. A step function runs per device on its shard and
 reduces explicitly (``lax.psum`` of Hebbian updates, ``lax.pmean`` of gradients and BatchNorm
 statistics) *before* any non-linear post-processing, so the result equals single-device training
 on the same global batch.
@@ -70,6 +72,85 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def shard_rows(tree: Any, mesh: Mesh) -> Any:
+    """Arrays split by rows over the devices: ``(padded_size(n, devices), ...)``, sharded along
+    axis 0, zero rows appended. Host arrays are cut on the host, so each process copies only its
+    own devices' rows (and one device's worth at a time); device arrays are resharded (no copy when
+    they already are)."""
+    sharding = NamedSharding(mesh, P(AXIS))
+    d = mesh.devices.size
+
+    def one(a):
+        n = a.shape[0]
+        m = padded_size(n, d)
+        if isinstance(a, jax.Array) and not (jax.process_count() > 1 and a.is_fully_addressable):
+            if m == n and a.sharding.is_equivalent_to(sharding, a.ndim):
+                return a
+            pad = lambda v: jnp.pad(v, ((0, m - n),) + ((0, 0),) * (v.ndim - 1)) if m > n else v
+            return jax.jit(pad, out_shardings=sharding)(a)
+        if isinstance(a, jax.Array) or not hasattr(a, "shape"):
+            a = np.asarray(a)
+
+        def rows(index):
+            start, stop, _ = index[0].indices(m)
+            part = a[start:min(stop, n)]
+            if stop > n:
+                part = np.concatenate([part, np.zeros((stop - max(start, n), *part.shape[1:]), part.dtype)])
+            return part
+
+        return jax.make_array_from_callback((m, *a.shape[1:]), sharding, rows)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def gather_rows(data: Any, idx: jax.Array, devices: int) -> Any:
+    """Inside ``shard_map``: rows ``idx`` (global row numbers, the same on every device) of
+    row-sharded ``data`` (:func:`shard_rows`), as this device's shard of that batch.
+
+    Each device copies the rows it holds and zeros for the others; a reduce-scatter (``x + 0``:
+    exact) hands every device its part. The batch crosses the interconnect once, the dataset never."""
+    if devices == 1:
+        return jax.tree_util.tree_map(lambda d: d[idx], data)
+
+    def one(d):
+        n = d.shape[0]
+        local = idx - jax.lax.axis_index(AXIS) * n
+        own = ((local >= 0) & (local < n)).reshape(-1, *([1] * (d.ndim - 1)))
+        rows = jnp.where(own, d[jnp.clip(local, 0, n - 1)], jnp.zeros((), d.dtype))
+        return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
+
+    return jax.tree_util.tree_map(one, data)
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of arrays, on every process (an array spread over several processes'
+    devices is gathered first: a collective, so every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def same_text(text: str, most: int = 4096) -> str:
+    """Process 0's ``text`` on every process (``text`` itself in a single process)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    raw = text.encode()
+    if len(raw) > most:
+        raise ValueError(f"same_text: {len(raw)} bytes, at most {most}")
+    buffer = np.zeros(most + 4, np.uint8)
+    buffer[:4] = np.frombuffer(np.int32(len(raw)).tobytes(), np.uint8)
+    buffer[4:4 + len(raw)] = np.frombuffer(raw, np.uint8)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(got[4:4 + int(got[:4].view(np.int32)[0])]).decode()
+
+
 def padded_size(batch_size: int, devices: int) -> int:
     """The global batch a step runs on: ``batch_size`` rounded up to a multiple of ``devices``.
 
@@ -124,18 +205,20 @@ def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
     """Compile ``run(carry, data, idx, valid) -> (carry, metrics)``.
 
     ``step(carry, batch) -> (carry, metrics)`` runs per device on its shard of ``batch`` (a pytree
-    gathered as ``data[idx[s]]``); it must reduce across ``AXIS`` itself so that ``carry`` and
+    gathered as ``data[idx[s]]`` from the row-sharded ``data`` of :func:`shard_rows`); it must reduce across ``AXIS`` itself so that ``carry`` and
     ``metrics`` stay replicated. Padded steps (``valid == False``) are skipped (``lax.cond``:
     no compute, carry unchanged, metrics zero), so a short last chunk costs only its real steps.
     Each step gathers its own batch inside the scan: materialising a whole chunk of batches
     first (100 x 64 cached feature vectors are 320 MB) made the readout memory-bound.
     """
 
+    devices = mesh.devices.size
+
     def local(carry, data, idx, valid):
-        gather = lambda i: jax.tree_util.tree_map(lambda d: d[i], data)
+        gather = lambda i: gather_rows(data, i, devices)
         return jax.lax.scan(_skipping_padded(step, gather), carry, (idx, valid))
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, AXIS), P()), out_specs=(P(), P()))
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()))
     compiled = jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
     def run(carry, data, idx, valid):
@@ -168,10 +251,27 @@ def scan_batches(step: Callable, mesh: Mesh) -> Callable:
     return run
 
 
-def put_batches(tree: Any, mesh: Mesh, axis: int = 1) -> Any:
-    """Start copying host arrays to the devices, split along ``axis`` (the batch axis), without
-    waiting: the copy overlaps with the computation already dispatched."""
-    return _place(tree, NamedSharding(mesh, P(*([None] * axis), AXIS)))
+def process_rows(rows: int, mesh: Mesh) -> tuple[int, int]:
+    """``(lo, hi)``: the rows of a global batch of ``rows`` (split over the mesh's devices) that
+    this process's devices hold; ``(0, rows)`` in a single process."""
+    shards = NamedSharding(mesh, P(AXIS)).addressable_devices_indices_map((rows,)).values()
+    spans = sorted(index[0].indices(rows)[:2] for index in shards)
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"this process's devices hold rows {spans} of the batch: expected one contiguous range")
+    return spans[0][0], spans[-1][1]
+
+
+def put_batches(tree: Any, mesh: Mesh, rows: int, axis: int = 1) -> Any:
+    """Start copying host arrays to the devices, split along ``axis`` (the batch axis, ``rows``
+    long in all), without waiting: the copy overlaps with the computation already dispatched.
+    Each process passes only its own rows, ``process_rows(rows, mesh)``, of that axis."""
+    sharding = NamedSharding(mesh, P(*([None] * axis), AXIS))
+
+    def one(a):
+        shape = (*a.shape[:axis], rows, *a.shape[axis + 1:])
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a), shape)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
@@ -199,10 +299,8 @@ def map_batches(fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
         return jax.lax.scan(body, out, starts)[0]
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
-    # Several processes: the outputs gathered onto every device, so every process can read them.
-    out = NamedSharding(mesh, P()) if jax.process_count() > 1 else None
 
-    @functools.partial(jax.jit, out_shardings=out)
+    @jax.jit
     def compiled(args, data):
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
         pad = -n % n_dev

@@ -21,7 +21,7 @@ from hebbjax.nn.layers import standardize
 from hebbjax.rules import readout as readout_rules
 from hebbjax.train import evaluate
 from hebbjax.train.loop import run_epochs
-from hebbjax.train.parallel import replicate
+from hebbjax.train.parallel import replicate, to_host
 from hebbjax.train.sources import DeviceSource, concat
 from hebbjax.train.state import TrainState, create
 
@@ -55,14 +55,16 @@ def layer_features(ctx: Context, state: TrainState, block: int) -> DeviceSource:
     fn = evaluate._bound(_block_features, model=ctx.model, inputs=ctx.inputs, block=block, normalise=normalise,
                          pool=ctx.cfg.readout.pool)
     feats, labels = concat(ctx.train, ctx.test).map(fn, state.variables, ctx.cfg.training.eval_batch_size, ctx.mesh)
-    return DeviceSource(replicate({"x": feats, "y": labels}, ctx.mesh), ctx.train.num_examples)
+    return DeviceSource.of(feats, labels, ctx.mesh, rows=ctx.train.num_examples)
 
 
 def fit_ridge(features: DeviceSource, num_classes: int, alpha: float) -> dict[str, jax.Array]:
     """The classifier's params (``Dense_0``) fitted by ridge regression on the train rows."""
     n = features.rows
-    w, b = jax.jit(functools.partial(readout_rules.ridge, classes=num_classes, alpha=alpha))(
-        features.arrays["x"][:n], features.arrays["y"][:n])
+    # The rows gathered onto every device first: a Gram summed over row-sharded features would
+    # round differently on every device count.
+    x, y = replicate((features.arrays["x"][:n], features.arrays["y"][:n]), features.arrays["x"].sharding.mesh)
+    w, b = jax.jit(functools.partial(readout_rules.ridge, classes=num_classes, alpha=alpha))(x, y)
     return {"Dense_0": {"kernel": w, "bias": b}}
 
 
@@ -93,7 +95,7 @@ def probe_layers(ctx: Context, state: TrainState) -> list[dict[str, Any]]:
         else:
             params = _fit_adam(ctx, features, jax.random.fold_in(ctx.keys[0], 1000 + i))
         pred, labels = evaluate.classify(ctx.classifier, params, features, batch_size=ctx.cfg.training.eval_batch_size, mesh=ctx.mesh)
-        pred, labels = np.asarray(pred), np.asarray(labels)
+        pred, labels = to_host((pred, labels))
         out.append({"block": i, "features": int(features.arrays["x"].shape[1]),
                     "train_accuracy": evaluate.accuracy(pred[:n], labels[:n]), "test_accuracy": evaluate.accuracy(pred[n:], labels[n:])})
     return out

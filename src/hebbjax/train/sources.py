@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol
@@ -25,10 +26,14 @@ from typing import Any, ClassVar, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hebbjax.data.loading import Dataset
-from hebbjax.train.parallel import epoch_indices, map_batches, padded_size, put_batches, replicate, scan_batches, scan_chunk
+from hebbjax.train.parallel import (epoch_indices, map_batches, padded_size, process_rows, put_batches, scan_batches,
+                                    scan_chunk, shard_rows, to_host)
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 2**20  # images of one streamed chunk on the host (and in flight to the device)
 
@@ -66,21 +71,37 @@ class Source(Protocol):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DeviceSource:
-    """Arrays ``{"x": (N, ...), "y": (N,)}`` replicated on the mesh; a phase reads rows ``[0, rows)``
-    (a prefix without a copy: data.limit_unsup)."""
+    """Arrays ``{"x": (N', ...), "y": (N',)}`` split by rows over the mesh
+    (:func:`~hebbjax.train.parallel.shard_rows`: ``size`` real rows, zero rows up to a multiple of
+    the devices); a phase reads rows ``[0, rows)`` (a prefix without a copy: data.limit_unsup)."""
 
     arrays: dict[str, jax.Array]
     rows: int
     normalization: str = "unit"
+    size: int | None = None  # real rows stored (default: rows)
     resident: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.size is None:
+            object.__setattr__(self, "size", self.rows)
 
     @classmethod
     def place(cls, data: Dataset, mesh: Mesh, dtype: Any = jnp.float32, rows: int | None = None) -> DeviceSource:
-        """Copy a host split to the device(s) once (uint8 stays uint8: 4x less memory)."""
-        images = data.images if data.images.dtype == np.uint8 else jnp.asarray(data.images, dtype)
-        arrays = replicate({"x": images, "y": jnp.asarray(data.labels, jnp.int32)}, mesh)
-        n = len(data.labels)
-        return cls(arrays, n if rows is None else min(rows, n), data.normalization)
+        """Copy a host split to the device(s) once, each device its share of the rows (uint8 stays
+        uint8: 4x less memory)."""
+        images = data.images if data.images.dtype == np.uint8 else _LazyCast(data.images, np.dtype(dtype))
+        return cls.of(images, data.labels, mesh, rows, data.normalization)
+
+    @classmethod
+    def of(cls, x: Any, y: Any, mesh: Mesh, rows: int | None = None, normalization: str = "unit") -> DeviceSource:
+        """Host or device arrays of ``len(y)`` rows as a source on ``mesh``; the phase reads ``rows`` (default: all)."""
+        n = len(y)
+        y = y.astype(jnp.int32) if isinstance(y, jax.Array) else np.asarray(y, np.int32)
+        arrays = shard_rows({"x": x, "y": y}, mesh)
+        if jax.process_count() > 1:
+            lo, hi = process_rows(len(arrays["y"]), mesh)
+            log.info("process %d holds rows %d-%d of %d on its devices", jax.process_index(), lo, min(hi, n), n)
+        return cls(arrays, n if rows is None else min(rows, n), normalization, n)
 
     @property
     def num_examples(self) -> int:
@@ -100,10 +121,47 @@ class DeviceSource:
             yield (self.arrays, idx[c], valid[c]), valid_host[c]
 
     def map(self, fn, args, batch_size, mesh):
-        return _mapper(fn, mesh, batch_size)(args, self.arrays["x"]), self.arrays["y"]
+        out = _mapper(fn, mesh, batch_size)(args, self.arrays["x"])
+        if self.size == len(self.arrays["y"]):
+            return out, self.arrays["y"]
+        return _rows(out, self.arrays["y"], self.size)
 
     def take(self, index):
-        return self.arrays["x"][jnp.asarray(index)]
+        return _take(self.arrays["x"], jnp.asarray(index), _replicated(self.arrays["x"].sharding.mesh))
+
+
+class _LazyCast:
+    """A host array read as ``dtype`` slice by slice (no whole-split copy on the host)."""
+
+    def __init__(self, a: np.ndarray, dtype: np.dtype):
+        self.a, self.dtype, self.shape = a, dtype, a.shape
+
+    def __getitem__(self, index):
+        return np.asarray(self.a[index], self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.a, dtype or self.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _take(x: jax.Array, index: jax.Array, out: NamedSharding) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x[index], out)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _rows(out: Any, y: jax.Array, n: int) -> tuple[Any, jax.Array]:
+    """The real rows of ``map_batches``'s outputs, and their labels."""
+    return jax.tree_util.tree_map(lambda a: a[:n], out), y[:n]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _concat(a: dict, b: dict, n: int, m: int) -> dict:
+    return jax.tree_util.tree_map(lambda p, q: jnp.concatenate([p[:n], q[:m]]), a, b)
 
 
 def place(data: Dataset | StreamSource, mesh: Mesh, dtype: Any = jnp.float32) -> DeviceSource | StreamSource:
@@ -114,8 +172,8 @@ def place(data: Dataset | StreamSource, mesh: Mesh, dtype: Any = jnp.float32) ->
 
 def concat(a: DeviceSource, b: DeviceSource) -> DeviceSource:
     """Both splits as one (one compiled pass over train and test)."""
-    arrays = {k: jnp.concatenate([a.arrays[k], b.arrays[k]]) for k in a.arrays}
-    return DeviceSource(arrays, a.rows + b.rows, a.normalization)
+    arrays = _concat(a.arrays, b.arrays, a.size, b.size)
+    return DeviceSource.of(arrays["x"], arrays["y"], a.arrays["x"].sharding.mesh, normalization=a.normalization)
 
 
 # read(index batches) -> iterator of (images, labels) numpy batches, in that order
@@ -171,12 +229,21 @@ class StreamSource:
         idx, valid = (np.asarray(a) for a in epoch_indices(key, self.num_examples, batch_size, epochs, steps_per_chunk))
         order = idx.reshape(-1, batch_size)[: int(valid.sum())][start:]  # the real steps from ``start``
         steps = chunk_steps(batch_size, self.image_shape, self.dtype.itemsize, steps_per_chunk)
-        stream = self.read(order)
+        rows = padded_size(batch_size, mesh.devices.size)
+        lo, hi = process_rows(rows, mesh)
+        if jax.process_count() > 1:
+            log.info("process %d reads rows %d-%d of every streamed batch of %d", jax.process_index(), lo, min(hi, batch_size), batch_size)
+        stream = self._read_rows(order, lo, hi)
         try:
-            for host, ok in stack(stream, steps, padded_size(batch_size, mesh.devices.size)):
-                yield (put_batches(host, mesh), ok), ok
+            for host, ok in stack(stream, steps, hi - lo):
+                yield (put_batches(host, mesh, rows), ok), ok
         finally:
             close(stream)
+
+    def _read_rows(self, batches: Iterable[np.ndarray], lo: int, hi: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """This process's rows ``[lo, hi)`` of each batch: a batch's rows past its end are padding
+        (none are read; a process that holds only padding reads empty batches)."""
+        return self.read(b[lo:hi] for b in batches)
 
     def take(self, index):
         stream = self.read([np.asarray(index)])
@@ -188,22 +255,27 @@ class StreamSource:
     def map(self, fn, args, batch_size, mesh):
         """One ordered pass; each batch is copied while the previous one is evaluated."""
         n = self.num_examples
-        stream = self.read(np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
-        outputs: list[tuple[jax.Array, np.ndarray, int]] = []
         run = _mapper(fn, mesh, batch_size)
         rows = padded_size(batch_size, mesh.devices.size)  # shardable over the devices
+        lo, hi = process_rows(rows, mesh)
+        starts = range(0, n, batch_size)
+        stream = self._read_rows((np.arange(s, min(s + batch_size, n)) for s in starts), lo, hi)
+        outputs: list[tuple[jax.Array, jax.Array]] = []
         try:
             for images, labels in stream:
-                m = len(labels)
-                if m < rows:  # one shape, one compiled program; the padding is cut below
-                    images = np.concatenate([images, np.zeros((rows - m, *images.shape[1:]), images.dtype)])
-                outputs.append((run(args, put_batches(images, mesh, axis=0)), labels, m))
+                # this process's rows, zero-padded: one shape, one compiled program; the padding is cut below
+                batch = {"x": np.zeros((hi - lo, *images.shape[1:]), images.dtype), "y": np.zeros(hi - lo, np.int32)}
+                batch["x"][: len(labels)], batch["y"][: len(labels)] = images, labels
+                batch = put_batches(batch, mesh, rows, axis=0)
+                outputs.append((run(args, batch["x"]), batch["y"]))
                 if len(outputs) > 2:  # at most two batches in flight
                     jax.block_until_ready(outputs[-3][0])
         finally:
             close(stream)
-        out = np.concatenate([np.asarray(o)[:m] for o, _, m in outputs])
-        return out, np.concatenate([y for _, y, _ in outputs]).astype(np.int32)
+        sizes = [min(batch_size, n - s) for s in starts]
+        host = to_host(outputs)
+        out = np.concatenate([o[:m] for (o, _), m in zip(host, sizes)])
+        return out, np.concatenate([y[:m] for (_, y), m in zip(host, sizes)])
 
 
 def chunk_steps(batch_size: int, image_shape: tuple[int, ...], itemsize: int, most: int) -> int:
