@@ -8,7 +8,7 @@ Measures, after compilation (medians over repeats):
 - this machine's float32 matmul (4096x4096) GFLOP/s in the same run, and the fraction of it
   each phase attains.
 
-    python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch 100] [--repeats 3]
+    python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000, help="images per unsupervised timing run")
     ap.add_argument("--batches", default="10,64,256", help="unsupervised batch sizes")
     ap.add_argument("--feature-images", type=int, default=2000)
-    ap.add_argument("--eval-batch", type=int, default=100, help="feature-extraction batch (the reference uses 1000)")
+    ap.add_argument("--eval-batch", default="config", help="feature-extraction batch sizes, comma-separated "
+                    "('config': the experiment's training.eval_batch_size; the reference uses 1000)")
     ap.add_argument("--readout-images", type=int, default=5000, help="cached-feature readout epoch size (scaled to 50k)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -109,18 +110,20 @@ def main() -> None:
         print(f"unsupervised, 3 blocks plastic, batch {bs:4d}: {ips:7.1f} images/s  ({2 * fwd_flop * ips / 1e9:6.1f} GFLOP/s, {2 * fwd_flop * ips / 1e9 / peak:.0%} of matmul)")
     out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}
 
-    # -- frozen features
+    # -- frozen features, per evaluation batch size
     n = args.feature_images
-    ctx = setup(with_training(cfg, eval_batch_size=args.eval_batch), Data(data(args.eval_batch), data(args.eval_batch)), progress=False)
+    ctx = setup(cfg, Data(data(100), data(10)), progress=False)
     state = init_state(ctx)
     images = DeviceSource.place(data(n), ctx.mesh)
-    extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=args.eval_batch,
-                                                              mesh=ctx.mesh, inputs=ctx.inputs)[0])
-    extract()
-    sec = timed(extract, args.repeats)
-    fips = n / sec
-    out["feature_images_per_second"] = round(fips, 1)
-    print(f"feature extraction, batch {args.eval_batch}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
+    feature_ips = {}
+    for eb in (cfg.training.eval_batch_size if b == "config" else int(b) for b in args.eval_batch.split(",")):
+        extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=eb,
+                                                                  mesh=ctx.mesh, inputs=ctx.inputs)[0])
+        extract()
+        fips = n / timed(extract, args.repeats)
+        feature_ips[eb] = fips
+        print(f"feature extraction, batch {eb:4d}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
+    out["feature_images_per_second"] = {str(k): round(v, 1) for k, v in feature_ips.items()}
 
     # -- readout epoch on cached features (the readout phase's own step and loop)
     n = args.readout_images

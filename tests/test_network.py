@@ -2,6 +2,7 @@
 phases' semantics (which blocks learn, cached features, schedules)."""
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -12,7 +13,7 @@ import optax
 import pytest
 
 from hebbjax import rules
-from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig, check_blocks
+from hebbjax.config import BlockConfig, Config, ModelConfig, TrainingConfig, check_blocks, parse_pool
 from hebbjax.data import Dataset
 from hebbjax.nn import pool2d, triangle
 from hebbjax.nn.layers import HebbianConv, max_pool_views
@@ -145,6 +146,24 @@ def test_softhebb4_shapes_chain_to_24576_features():
     assert out.shape == (2, 10)
     feats = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x, classify=False)[0], jnp.zeros((2, 32, 32, 3)))
     assert np.prod(feats.shape[1:]) == 24576
+
+
+@pytest.mark.parametrize("activation, pool", [("triangle(0.7)", "max(4,2,1)"), ("triangle(1.4)", "max(4,2,1)"),
+                                              ("repu(2.5)", "max(2,2,0)"), ("triangle(0.7)", "avg(2,2,0)")])
+def test_a_power_before_a_max_pool_taken_after_it_gives_the_same_output_bit_for_bit(activation, pool):
+    """``max(relu(u)**p) == max(relu(u))**p``: the block raises the pooled values (4x fewer powers
+    after max(4,2,1)) and its output is exactly that of the activation followed by the pool."""
+    b = BlockConfig(layer="conv", channels=24, kernel=3, padding=1, rule="softhebb", activation=activation, pool=pool)
+    fast = build.block(b)
+    kind, kernel, stride, padding = parse_pool(pool)
+    reference = fast.clone(activation=build.activation(activation),
+                           pool=functools.partial(pool2d, kind, kernel=kernel, stride=stride, padding=padding))
+    x = jax.random.normal(jax.random.key(0), (6, 16, 16, 3))
+    variables = fast.init(jax.random.key(1), x)
+    out, want = fast.apply(variables, x), reference.apply(variables, x)
+    assert out.shape == want.shape and float(jnp.max(want)) > 0
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
+    assert (fast.pool.func is build._power_after_pool) == pool.startswith("max")  # the split is taken where it is exact
 
 
 def test_radius_init_gives_neuron_norms_near_radius():

@@ -86,8 +86,7 @@ def shard_rows(tree: Any, mesh: Mesh) -> Any:
         if isinstance(a, jax.Array) and not (jax.process_count() > 1 and a.is_fully_addressable):
             if m == n and a.sharding.is_equivalent_to(sharding, a.ndim):
                 return a
-            pad = lambda v: jnp.pad(v, ((0, m - n),) + ((0, 0),) * (v.ndim - 1)) if m > n else v
-            return jax.jit(pad, out_shardings=sharding)(a)
+            return _pad_rows(a, m, sharding)
         if isinstance(a, jax.Array) or not hasattr(a, "shape"):
             a = np.asarray(a)
 
@@ -103,12 +102,17 @@ def shard_rows(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(one, tree)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pad_rows(a: jax.Array, m: int, sharding: NamedSharding) -> jax.Array:
+    return jax.lax.with_sharding_constraint(jnp.pad(a, ((0, m - a.shape[0]),) + ((0, 0),) * (a.ndim - 1)), sharding)
+
+
 def gather_rows(data: Any, idx: jax.Array, devices: int) -> Any:
     """Inside ``shard_map``: rows ``idx`` (global row numbers, the same on every device) of
     row-sharded ``data`` (:func:`shard_rows`), as this device's shard of that batch.
 
     Each device copies the rows it holds and zeros for the others; a reduce-scatter (``x + 0``:
-    exact) hands every device its part. The batch crosses the interconnect once, the dataset never."""
+    exact) hands every device its part: batches cross the interconnect, the dataset never does."""
     if devices == 1:
         return jax.tree_util.tree_map(lambda d: d[idx], data)
 
