@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from hebbjax.data.loading import to_float
-from hebbjax.nn.layers import real_samples
+from hebbjax.nn.layers import real_samples, threefry_key
 from hebbjax.rules import readout as readout_rules
 from hebbjax.train.build import BoundRule
 from hebbjax.train.parallel import AXIS, per_device
@@ -90,10 +90,11 @@ def augment(inputs: Inputs, key: jax.Array, x: jax.Array) -> jax.Array:
     """``inputs.augment`` of each sample with its own key, ``fold_in(base, i)`` for its index ``i``
     in the global batch: the same images on any number of devices.
 
-    ``base`` is a threefry key drawn from ``key``: threefry is counter-based, so a vmapped draw
-    equals the draws one key at a time, while the ``rbg`` keys of the state would give a sample
-    values that depend on how many samples the device holds."""
-    base = jax.random.wrap_key_data(jax.random.bits(key, (2,), jnp.uint32), impl="threefry2x32")
+    ``base`` is a threefry key drawn from ``key`` (:func:`~hebbjax.nn.layers.threefry_key`):
+    threefry is counter-based, so a vmapped draw equals the draws one key at a time, while the
+    ``rbg`` keys of the state would give a sample values that depend on how many samples the
+    device holds."""
+    base = threefry_key(key)
     first = jax.lax.axis_index(AXIS) * x.shape[0]
     keys = jax.vmap(functools.partial(jax.random.fold_in, base))(first + jnp.arange(x.shape[0]))
     return jax.vmap(lambda k, image: inputs.augment(k, image[None])[0])(keys, x)
