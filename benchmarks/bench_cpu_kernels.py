@@ -4,7 +4,9 @@
   patches times one matrix, on SoftHebb's and the Fashion-MNIST net's layer shapes;
 - max pooling max(4,2,1) at batch 64, forward and gradient: XLA's ``reduce_window`` /
   ``select_and_scatter`` vs :func:`hebbjax.nn.layers.max_pool_views`;
-- one readout step (Adam, batch 64, 24576 features): no dropout, hebbjax's Dropout, flax's nn.Dropout.
+- one readout step (Adam, batch 64, 24576 features): no dropout, hebbjax's Dropout (masks from a
+  threefry key), the same masks drawn with the ``rbg`` key itself (before commit 5717261), flax's
+  nn.Dropout.
 
     python benchmarks/bench_cpu_kernels.py
 """
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hebbjax.nn.layers import max_pool_views
+from hebbjax.nn.layers import keep_mask, max_pool_views
 from hebbjax.nn.network import Classifier
 from hebbjax.rules import Conv
 
@@ -27,6 +29,15 @@ from hebbjax.rules import Conv
 CONV_LAYERS = [(100, 28, 1, 5, 32, 2), (100, 14, 32, 3, 128, 1), (10, 32, 3, 5, 96, 2), (10, 16, 96, 3, 384, 1),
                (100, 16, 96, 3, 384, 1), (10, 8, 384, 3, 1536, 1), (100, 8, 384, 3, 1536, 1)]
 POOL_INPUTS = [(64, 28, 28, 32), (64, 14, 14, 128), (64, 28, 28, 64), (64, 14, 14, 256)]
+
+
+class RbgMaskClassifier(nn.Module):
+    """hebbjax's dropout before commit 5717261: the same 32-masks-per-word draw, from the rbg key."""
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        mask = keep_mask(self.make_rng("dropout"), 0.5, x.shape)
+        return nn.Dense(10)(jnp.where(mask, x / 0.5, 0.0))
 
 
 def ms(fn, *args) -> float:
@@ -67,7 +78,8 @@ def main() -> None:
     tx = optax.adam(1e-3)
     readouts = {
         "no dropout": (Classifier(10, 0.0), True),
-        "dropout 0.5, hebbjax Dropout (32 draws per random word)": (Classifier(10, 0.5), True),
+        "dropout 0.5, hebbjax Dropout (32 draws per random word, threefry)": (Classifier(10, 0.5), True),
+        "dropout 0.5, the same masks from the rbg key": (RbgMaskClassifier(), True),
         "dropout 0.5, flax nn.Dropout (bernoulli)": (nn.Sequential([nn.Dropout(0.5, deterministic=False), nn.Dense(10)]), False),
     }
     for name, (clf, is_classifier) in readouts.items():
@@ -87,6 +99,25 @@ def main() -> None:
             return jax.lax.scan(body, (params, tx.init(params), key), idx)[0][0]
 
         print(f"readout step, batch 64 x 24576 features, {name}: {ms(steps, params, key) / 100:5.2f} ms")
+
+    # the readout's GEMM alone: a gathered batch of 64 rows times 10 columns, and its weight gradient
+    w = jnp.zeros((24576, 10))
+
+    @jax.jit
+    def forward(w):
+        return jax.lax.scan(lambda w, i: (w + 0 * jnp.sum(feats[i] @ w), None), w, idx)[0]
+
+    @jax.jit
+    def forward_and_gradient(w):
+        def body(w, i):
+            xb = feats[i]
+            return w - 1e-3 * xb.T @ jnp.tanh(xb @ w), None
+
+        return jax.lax.scan(body, w, idx)[0]
+
+    for name, f in (("gather + logits", forward), ("gather + logits + weight gradient", forward_and_gradient)):
+        step = ms(f, w) / 100
+        print(f"readout GEMM, batch 64 x 24576 -> 10, {name}: {step:5.2f} ms ({64 * 24576 * 4 / (step * 1e-3) / 1e9:4.1f} GB/s of the batch)")
 
 
 if __name__ == "__main__":
