@@ -111,19 +111,49 @@ def gather_rows(data: Any, idx: jax.Array, devices: int) -> Any:
     """Inside ``shard_map``: rows ``idx`` (global row numbers, the same on every device) of
     row-sharded ``data`` (:func:`shard_rows`), as this device's shard of that batch.
 
-    Each device copies the rows it holds and zeros for the others; a reduce-scatter (``x + 0``:
-    exact) hands every device its part: batches cross the interconnect, the dataset never does."""
+    Each device copies the rows it holds and zeros for the others, one all-reduce of their bytes
+    (as 32-bit words: ``w + 0`` is exact, so are the values, -0.0 included) gives every device the
+    batch, and it keeps its part: batches cross the interconnect, the dataset never does. One
+    all-reduce for every leaf (images and labels): with reduce-scatters instead, a run over two
+    CPU processes (collectives over gloo) now and then trained on corrupted batches (2 runs in
+    about 30; none in the same number with this form)."""
     if devices == 1:
         return jax.tree_util.tree_map(lambda d: d[idx], data)
-
-    def one(d):
+    leaves, tree = jax.tree_util.tree_flatten(data)
+    b = idx.shape[0]
+    parts = []
+    for d in leaves:
         n = d.shape[0]
         local = idx - jax.lax.axis_index(AXIS) * n
         own = ((local >= 0) & (local < n)).reshape(-1, *([1] * (d.ndim - 1)))
         rows = jnp.where(own, d[jnp.clip(local, 0, n - 1)], jnp.zeros((), d.dtype))
-        return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
+        parts.append(_row_bytes(rows))
+    sizes = [p.shape[1] for p in parts]
+    raw = jnp.concatenate(parts, axis=1)
+    pad = -raw.shape[1] % 4
+    words = jax.lax.bitcast_convert_type(jnp.pad(raw, ((0, 0), (0, pad))).reshape(b, -1, 4), jnp.uint32)
+    local = b // devices
+    mine = jax.lax.dynamic_slice_in_dim(jax.lax.psum(words, AXIS), jax.lax.axis_index(AXIS) * local, local)
+    raw = jax.lax.bitcast_convert_type(mine, jnp.uint8).reshape(mine.shape[0], -1)
+    out, at = [], 0
+    for d, size in zip(leaves, sizes):
+        out.append(_from_row_bytes(raw[:, at:at + size], d))
+        at += size
+    return jax.tree_util.tree_unflatten(tree, out)
 
-    return jax.tree_util.tree_map(one, data)
+
+def _row_bytes(rows: jax.Array) -> jax.Array:
+    """``(rows, bytes)`` uint8 view of an array's rows."""
+    raw = rows if rows.dtype == jnp.uint8 else jax.lax.bitcast_convert_type(rows, jnp.uint8)
+    return raw.reshape(rows.shape[0], -1)
+
+
+def _from_row_bytes(raw: jax.Array, like: jax.Array) -> jax.Array:
+    """The rows of ``raw`` (from :func:`_row_bytes`) as ``like``'s dtype and row shape."""
+    shape = (raw.shape[0], *like.shape[1:])
+    if like.dtype.itemsize == 1:
+        return jax.lax.bitcast_convert_type(raw.reshape(shape), like.dtype)
+    return jax.lax.bitcast_convert_type(raw.reshape(*shape, like.dtype.itemsize), like.dtype)
 
 
 def to_host(tree: Any) -> Any:
