@@ -187,7 +187,25 @@ ROWS = textwrap.dedent(
         return rows * scale
 
     mapped, labels = source.map(double, 2.0, 4, mesh)
+
+    # uint8 images and float bytes travel exactly: -0.0 keeps its sign
+    signed = np.where(np.arange(10)[:, None] % 2 == 0, np.float32(-0.0), x)
+    pixels = (np.arange(10 * 3) * 37 % 256).astype(np.uint8).reshape(10, 3)
+    both = DeviceSource.of({"f": signed, "u": pixels}, np.arange(10), mesh)
+
+    def as_bytes(v):  # a step's shard as integers, put back in place by an integer psum (+0.0 would lose -0.0)
+        raw = (v if v.dtype == jnp.uint8 else jax.lax.bitcast_convert_type(v, jnp.uint8)).astype(jnp.int32)
+        whole = jnp.zeros((6, *raw.shape[1:]), jnp.int32)
+        return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(whole, raw, jax.lax.axis_index(AXIS) * raw.shape[0], 0), AXIS)
+
+    got = []
+    for args, ok in both.chunks(jax.random.key(1), 4, 1, 2, 0, mesh):
+        _, metrics = both.runner(lambda c, b: (c, {k: as_bytes(v) for k, v in b["x"].items()}), mesh)(jnp.zeros(()), *args)
+        index = np.asarray(args[1])[ok][:, :4]
+        got.append(all(np.array_equal(np.asarray(metrics[k])[ok][:, :4].reshape(-1), v[index].view(np.uint8).reshape(-1))
+                       for k, v in (("f", signed), ("u", pixels))))
     print(json.dumps({
+        "exact_bytes": bool(all(got)) and len(got) > 0,
         "shards": shards, "padding": np.asarray(source.arrays["x"])[10:].tolist(),
         "batches": bool(np.array_equal(np.concatenate(seen), np.concatenate(want))), "steps": int(sum(len(s) for s in seen)),
         "take": bool(np.array_equal(np.asarray(source.take(np.array([9, 0, 4]))), x[[9, 0, 4]])),
@@ -208,3 +226,4 @@ def test_a_split_on_the_device_is_spread_over_the_devices_by_rows():
     assert r["shards"] == [4, 4, 4] and r["padding"] == [[0, 0], [0, 0]]
     assert r["batches"] and r["steps"] == 3 * (10 // 5)  # batch 5 (padded to 6) read from all three devices
     assert r["take"] and r["map"] and r["labels"] == list(range(10))
+    assert r["exact_bytes"]  # float bytes (-0.0 included) and uint8 pixels as stored

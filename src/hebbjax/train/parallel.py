@@ -120,13 +120,12 @@ def gather_rows(data: Any, idx: jax.Array, devices: int) -> Any:
     if devices == 1:
         return jax.tree_util.tree_map(lambda d: d[idx], data)
     leaves, tree = jax.tree_util.tree_flatten(data)
-    b = idx.shape[0]
+    b, n = idx.shape[0], leaves[0].shape[0]  # every leaf holds the same n rows per device
+    local = idx - jax.lax.axis_index(AXIS) * n
+    own, at_row = (local >= 0) & (local < n), jnp.clip(local, 0, n - 1)
     parts = []
     for d in leaves:
-        n = d.shape[0]
-        local = idx - jax.lax.axis_index(AXIS) * n
-        own = ((local >= 0) & (local < n)).reshape(-1, *([1] * (d.ndim - 1)))
-        rows = jnp.where(own, d[jnp.clip(local, 0, n - 1)], jnp.zeros((), d.dtype))
+        rows = jnp.where(own.reshape(-1, *([1] * (d.ndim - 1))), d[at_row], jnp.zeros((), d.dtype))
         parts.append(_row_bytes(rows))
     sizes = [p.shape[1] for p in parts]
     raw = jnp.concatenate(parts, axis=1)
@@ -239,8 +238,8 @@ def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
     """Compile ``run(carry, data, idx, valid) -> (carry, metrics)``.
 
     ``step(carry, batch) -> (carry, metrics)`` runs per device on its shard of ``batch`` (a pytree
-    gathered as ``data[idx[s]]`` from the row-sharded ``data`` of :func:`shard_rows`); it must reduce across ``AXIS`` itself so that ``carry`` and
-    ``metrics`` stay replicated. Padded steps (``valid == False``) are skipped (``lax.cond``:
+    gathered as ``data[idx[s]]`` from the row-sharded ``data`` of :func:`shard_rows`); it must
+    reduce across ``AXIS`` itself so that ``carry`` and ``metrics`` stay replicated. Padded steps (``valid == False``) are skipped (``lax.cond``:
     no compute, carry unchanged, metrics zero), so a short last chunk costs only its real steps.
     Each step gathers its own batch inside the scan: materialising a whole chunk of batches
     first (100 x 64 cached feature vectors are 320 MB) made the readout memory-bound.

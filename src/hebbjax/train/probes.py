@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hebbjax.nn.layers import standardize
 from hebbjax.rules import readout as readout_rules

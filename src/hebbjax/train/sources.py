@@ -139,9 +139,6 @@ class _LazyCast:
     def __getitem__(self, index):
         return np.asarray(self.a[index], self.dtype)
 
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.a, dtype or self.dtype)
-
 
 @functools.lru_cache(maxsize=8)
 def _replicated(mesh: Mesh) -> NamedSharding:
