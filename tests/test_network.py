@@ -325,3 +325,19 @@ def test_dropout_scales_kept_values_and_is_identity_in_evaluation():
     y = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
     assert set(np.unique(y)) == {0.0, 2.0} and abs(y.mean() - 1.0) < 0.05
     assert np.asarray(layer.apply({}, x, deterministic=True)).tolist() == np.asarray(x).tolist()
+
+
+def test_the_classifier_dot_has_the_values_and_gradients_of_a_plain_dense_layer():
+    from hebbjax.nn.layers import dense_dot
+
+    x = jax.random.normal(jax.random.key(0), (64, 3000))
+    kernel = jax.random.normal(jax.random.key(1), (3000, 10))
+    g = jax.random.normal(jax.random.key(2), (64, 10))
+    dims = (((1,), (0,)), ((), ()))
+    plain = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dims), x, kernel)
+    ours = jax.vjp(lambda a, b: dense_dot(a, b, dims), x, kernel)
+    np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6, atol=1e-5)
+    for got, want in zip(ours[1](g), plain[1](g)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="dense_dot"):
+        dense_dot(x.T, kernel.T, (((0,), (1,)), ((), ())))

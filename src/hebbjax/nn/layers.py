@@ -118,6 +118,43 @@ def _max_pool_bwd(kernel, stride, padding, x, g):
 max_pool_views.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense_dot(x: Array, kernel: Array, dimension_numbers=None, precision=None) -> Array:
+    """``x @ kernel`` for ``flax.linen.Dense(dot_general=dense_dot)``, with the same values and
+    gradients as ``lax.dot_general``, but a kernel cotangent formed as ``(g^T x)^T``.
+
+    A readout on wide features has a tall, thin kernel (24576 x 10 for cifar_softhebb4). XLA's CPU
+    GEMM writes a (features x classes) product ``x^T g`` at half the speed of the (classes x
+    features) one ``g^T x`` (2.1 vs 1.1 ms for 64 x 24576 -> 10 on the 2-core dev VM, 2026-12-02):
+    transposing that small result instead took a readout step with dropout (Adam, batch 64) from
+    4.3 to 3.2 ms there. The sums are the same, over the same rows: 100 Adam steps gave
+    bit-identical parameters on CPU. ``dimension_numbers`` must be Dense's (the last axis
+    of ``x`` with the first of ``kernel``)."""
+    return _dense(x, kernel, dimension_numbers, precision)
+
+
+def _dense(x: Array, kernel: Array, dimension_numbers, precision) -> Array:
+    if dimension_numbers is not None and tuple(map(tuple, dimension_numbers[0])) != ((x.ndim - 1,), (0,)):
+        raise ValueError(f"dense_dot: expected Dense's contraction (((x.ndim - 1,), (0,)), ...), got {dimension_numbers}")
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+def _dense_dot_fwd(x, kernel, dimension_numbers, precision):
+    return _dense(x, kernel, dimension_numbers, precision), (x, kernel)
+
+
+def _dense_dot_bwd(dimension_numbers, precision, residuals, g):
+    x, kernel = residuals
+    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
+    rows = tuple(range(x.ndim - 1))
+    # the barrier keeps XLA from folding the transpose back into a (features x classes) GEMM
+    dk = jax.lax.optimization_barrier(jax.lax.dot_general(g, x, ((rows, rows), ((), ())), precision=precision)).T
+    return dx, dk
+
+
+dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
 # ----------------------------------------------------------------------------------------------
 # Normalisation
 # ----------------------------------------------------------------------------------------------

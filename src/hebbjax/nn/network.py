@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.nn.layers import BatchNorm, Dropout, global_draw, standardize, torch_default_init, triangle, zca
+from hebbjax.nn.layers import BatchNorm, Dropout, dense_dot, global_draw, standardize, torch_default_init, triangle, zca
 from hebbjax.rules.linear import Array
 
 
@@ -117,7 +117,7 @@ class Classifier(nn.Module):
         x = features.reshape(features.shape[0], -1)
         if self.dropout > 0:
             x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train, rows=rows)
-        return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]))(x)
+        return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]), dot_general=dense_dot)(x)
 
 
 def _torch_bias_init(fan_in: int):
