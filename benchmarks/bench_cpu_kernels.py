@@ -6,7 +6,7 @@
   ``select_and_scatter`` vs :func:`hebbjax.nn.layers.max_pool_views`;
 - one readout step (Adam, batch 64, 24576 features): no dropout, hebbjax's Dropout (masks from a
   threefry key), the same masks drawn with the ``rbg`` key itself (before commit 5717261), flax's
-  nn.Dropout.
+  nn.Dropout, and hebbjax's Classifier with flax's plain dot (before :func:`hebbjax.nn.layers.dense_dot`).
 
     python benchmarks/bench_cpu_kernels.py
 """
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hebbjax.nn.layers import keep_mask, max_pool_views
+from hebbjax.nn.layers import Dropout, keep_mask, max_pool_views
 from hebbjax.nn.network import Classifier
 from hebbjax.rules import Conv
 
@@ -38,6 +38,14 @@ class RbgMaskClassifier(nn.Module):
     def __call__(self, x, train=True):
         mask = keep_mask(self.make_rng("dropout"), 0.5, x.shape)
         return nn.Dense(10)(jnp.where(mask, x / 0.5, 0.0))
+
+
+class PlainDotClassifier(nn.Module):
+    """hebbjax's Classifier before dense_dot: the same dropout, nn.Dense with lax.dot_general."""
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        return nn.Dense(10)(Dropout(0.5)(x, deterministic=not train))
 
 
 def ms(fn, *args) -> float:
@@ -80,6 +88,7 @@ def main() -> None:
         "no dropout": (Classifier(10, 0.0), True),
         "dropout 0.5, hebbjax Dropout (32 draws per random word, threefry)": (Classifier(10, 0.5), True),
         "dropout 0.5, the same masks from the rbg key": (RbgMaskClassifier(), True),
+        "dropout 0.5, hebbjax Dropout, plain nn.Dense dot (no dense_dot)": (PlainDotClassifier(), True),
         "dropout 0.5, flax nn.Dropout (bernoulli)": (nn.Sequential([nn.Dropout(0.5, deterministic=False), nn.Dense(10)]), False),
     }
     for name, (clf, is_classifier) in readouts.items():

@@ -127,7 +127,7 @@ def dense_dot(x: Array, kernel: Array, dimension_numbers=None, precision=None) -
     GEMM writes a (features x classes) product ``x^T g`` at half the speed of the (classes x
     features) one ``g^T x`` (2.1 vs 1.1 ms for 64 x 24576 -> 10 on the 2-core dev VM, 2026-12-02):
     transposing that small result instead took a readout step with dropout (Adam, batch 64) from
-    4.3 to 3.2 ms there. The sums are the same, over the same rows: 100 Adam steps gave
+    4.3 to 3.2 ms there (``benchmarks/bench_cpu_kernels.py`` has the A/B line). The sums are the same, over the same rows: 100 Adam steps gave
     bit-identical parameters on CPU. ``dimension_numbers`` must be Dense's (the last axis
     of ``x`` with the first of ``kernel``)."""
     return _dense(x, kernel, dimension_numbers, precision)
