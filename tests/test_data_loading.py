@@ -36,7 +36,7 @@ from hebbjax.data import (
     stream,
     validation_split,
 )
-from hebbjax.data.loading import BatchStream
+from hebbjax.data.loading import BatchStream, FloatView
 from hebbjax.data.registry import get_spec
 from hebbjax import testing
 
@@ -127,6 +127,44 @@ def test_float_images_are_uint8_over_255_and_cached_equal(synth):
     np.testing.assert_array_equal(cached.labels, raw.labels)
     assert list((synth["tfds_dir"] / "_hebbjax_cache" / "cifar10").rglob("train-*-images.npy"))
     assert raw.class_names == tuple(f"class{i}" for i in range(10))  # from batches.meta
+
+
+def test_a_cached_split_is_mapped_from_its_file_and_writes_never_reach_it(synth):
+    raw = _load(synth, "cifar10", "test", dtype="uint8", cache=False)
+    _load(synth, "cifar10", "test", dtype="uint8")  # writes the cache
+    mapped = _load(synth, "cifar10", "test", dtype="uint8")
+    [path] = (synth["tfds_dir"] / "_hebbjax_cache" / "cifar10").rglob("test-*-images.npy")
+    # a process that places only its rows reads only their pages
+    assert isinstance(mapped.images, np.memmap) and Path(mapped.images.filename) == path
+    np.testing.assert_array_equal(mapped.images, raw.images)
+    mapped.images[0] = 255 - mapped.images[0]  # copy on write: the caller's array changes, the file does not
+    assert not np.array_equal(mapped.images[0], raw.images[0])
+    np.testing.assert_array_equal(_load(synth, "cifar10", "test", dtype="uint8").images, raw.images)
+
+
+def test_a_float_view_of_a_mapped_split_is_the_float_load_bit_for_bit(synth):
+    floats = _load(synth, "cifar10", "train").images
+    view = FloatView(_load(synth, "cifar10", "train", dtype="uint8").images)
+    part = view[2:9]
+    assert isinstance(part, FloatView) and part.shape == (7, *floats.shape[1:])  # a slice converts nothing
+    for got, want in ((np.asarray(view), floats), (np.asarray(part), floats[2:9]), (view[[0, 5, 3]], floats[[0, 5, 3]]),
+                      (view[4], floats[4])):
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="images: expected uint8, got float32"):
+        FloatView(floats)
+
+
+def test_a_run_places_the_floats_of_its_rows_read_from_the_mapped_split(synth, monkeypatch):
+    from hebbjax.run import compose_config, load_data
+    from hebbjax.train import DeviceSource
+    from hebbjax.train.parallel import make_mesh
+
+    monkeypatch.setenv("HEBBJAX_TFDS_DIR", str(synth["tfds_dir"]))
+    floats = _load(synth, "cifar10", "train")  # and the cache
+    data = load_data(compose_config("data.name=cifar10", f"data.dir={synth['root']}", "data.limit_train=20"))
+    assert isinstance(data.train.images, FloatView) and isinstance(data.train.images.images, np.memmap)
+    placed = DeviceSource.place(data.train, make_mesh()).arrays["x"]
+    assert np.asarray(placed).tobytes() == floats.images[:20].tobytes()  # what the float32 split gives
 
 
 def test_cifar100_binary_archive_gives_the_same_fine_labels(tmp_path):

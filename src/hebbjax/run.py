@@ -54,8 +54,10 @@ def load_data(cfg: Config):
     """The splits of ``cfg`` as :class:`hebbjax.train.Data`: each on the device(s) (a host
     ``Dataset``) or streamed from the host (``StreamSource``, by data.placement), honouring
     data.dir, data.validation, data.limit_train, data.unsup_split and data.limit_unsup. In memory,
-    a limit on the unsupervised phase's share of train reads a prefix of it without a copy."""
+    a limit on the unsupervised phase's share of train reads a prefix of it without a copy, and a
+    process converts (and, from the memory-mapped cache, reads) only the rows it places."""
     from hebbjax.data import get_spec, load
+    from hebbjax.data.loading import FloatView
     from hebbjax.train import Data, StreamSource
 
     d = cfg.data
@@ -66,7 +68,12 @@ def load_data(cfg: Config):
     def split(name: str, limit: int | None):
         if streamed:
             return StreamSource.from_stream(d.name, name, limit=limit, **kw)
-        data = load(d.name, name, **kw)
+        if spec.name == "digits":  # floats already
+            data = load(d.name, name, **kw)
+        else:  # pixels as stored (a cached split is memory-mapped); floats only of the rows a process places
+            data = load(d.name, name, dtype="uint8", **kw)
+            if name not in spec.uint8_splits:  # those stay uint8 on the device (memory)
+                data = dataclasses.replace(data, images=FloatView(data.images, data.normalization))
         return dataclasses.replace(data, images=data.images[:limit], labels=data.labels[:limit])  # views
 
     train, test = split("train", d.limit_train), split("test", None)

@@ -144,6 +144,40 @@ def _to_float_chunked(images: np.ndarray, normalization: str) -> np.ndarray:
     return out
 
 
+class FloatView:
+    """uint8 images seen as float32 (:func:`to_float`), converted only where indexed: a slice is
+    another view, any other index (or ``np.asarray`` of the view) the floats of those rows. Over a
+    memory-mapped split, a process that copies only its rows to its devices reads only their pages,
+    and gets the floats a float32 :func:`load` would have given, bit for bit."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, images: np.ndarray, normalization: str = "unit"):
+        if images.dtype != np.uint8:
+            raise ValueError(f"images: expected uint8, got {images.dtype}")
+        self.images, self.normalization = images, normalization
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.images.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.images.ndim
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return FloatView(self.images[index], self.normalization)
+        return _to_float_numpy(np.asarray(self.images[index]), self.normalization)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = _to_float_chunked(self.images, self.normalization)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -322,7 +356,9 @@ def _read_split_cached(
     folder, key = _cache_dir(spec, tfds_dir)
     images_path, labels_path = folder / f"{split}-{key}-images.npy", folder / f"{split}-{key}-labels.npy"
     if images_path.is_file() and labels_path.is_file():
-        return np.load(images_path), np.load(labels_path)
+        # mapped, not read: a process that places only its rows reads only their pages; copy on
+        # write, so a caller's in-place change never reaches the file
+        return np.load(images_path, mmap_mode="c"), np.load(labels_path)
     images, labels = _read_split(spec, tfds_dir, split, num_threads)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -371,7 +407,9 @@ def load(
       dtype: "float32" or "uint8" (raw pixels, see :meth:`Dataset.to_float`);
         default float32, except uint8 for STL-10 ``unlabelled``. Digits are
         always float32.
-      cache: keep decoded arrays as .npy next to the prepared dataset.
+      cache: keep decoded arrays as .npy next to the prepared dataset; a cached
+        split's uint8 images come back memory-mapped (copy on write): only the
+        rows indexed are read from disk.
       num_threads: decoding threads (default: number of CPUs, at most 8).
 
     Returns:
