@@ -8,17 +8,33 @@ Measures, after compilation (medians over repeats):
 - this machine's float32 matmul (4096x4096) GFLOP/s in the same run, and the fraction of it
   each phase attains.
 
+With ``--profile``: instead, where the unsupervised step's time goes. One Hebbian phase at batch 10
+(all blocks plastic) is traced with XLA's per-operation annotations on; the time of every XLA CPU
+operation is summed by name over the runtime's threads and split into GEMMs (the convolutions as
+patches times a matrix, XLA's ``ynn_fusion``/``dot``) and everything else, next to the step's
+FLOPs, the wall time of the traced and an untraced run, and the matmul rate.
+
     python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3]
+    python benchmarks/bench_softhebb4.py --profile [--images 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import glob
 import json
+import os
 import platform
+import re
 import statistics
+import sys
+import tempfile
 import time
+
+if "--profile" in sys.argv:  # before JAX starts: XLA's CPU runtime annotates every operation
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +87,52 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+# XLA CPU operations that only wrap others (their time is their children's), and the GEMMs
+_CONTAINER = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|cond|while|call|end: |\$)")
+_GEMM = re.compile(r"^(ynn_fusion|xnn_fusion|dot|convolution|custom-call|onednn)")
+
+
+def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
+    """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring)."""
+    n = max(images // 10, 1) * 10
+    ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=10), Data(data(n), data(10)), progress=False)
+    state = init_state(ctx)
+    phase = lambda: jax.block_until_ready(run_phase(ctx, 0, state).params)
+    phase()  # compiles
+    untraced = timed(phase, 3)
+    folder = tempfile.mkdtemp()
+    jax.profiler.start_trace(folder)
+    t = time.perf_counter()
+    phase()
+    traced = time.perf_counter() - t
+    jax.profiler.stop_trace()
+    [path] = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
+    by_name: collections.Counter = collections.Counter()
+    spans = []
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if "XLA" in line.name and not _CONTAINER.match(ev.name):
+                    by_name[re.sub(r"\.\d+$", "", ev.name)] += ev.duration_ns / 1e9
+                    spans.append((ev.start_ns, ev.end_ns))
+    covered, reach = 0, 0  # seconds in which at least one operation ran (the runtime's threads overlap)
+    for start, end in sorted(spans):
+        covered += max(0, end - max(start, reach))
+        reach = max(reach, end)
+    covered /= 1e9
+    busy = sum(by_name.values())
+    gemm = sum(v for k, v in by_name.items() if _GEMM.match(k))
+    flop = 2 * fwd_flop * n
+    print(f"unsupervised phase, batch 10, {n} images: untraced {untraced:.2f} s ({n / untraced:.1f} img/s, "
+          f"{flop / untraced / 1e9:.0f} GFLOP/s), traced {traced:.2f} s, of which {covered:.2f} s with an operation "
+          f"running; the operations' times add up to {busy:.2f} s (their overlap across threads: {busy / covered:.2f}x), "
+          f"{len(spans) / (n // 10):.0f} operations a step")
+    print(f"  GEMMs {gemm:.2f} s = {gemm / busy:.0%} of the operations' time (the step's {flop / 1e12:.3f} TFLOP in "
+          f"{gemm:.2f} s: {flop / gemm / 1e9:.0f} GFLOP/s); everything else {busy - gemm:.2f} s = {(busy - gemm) / busy:.0%}")
+    for name, sec in by_name.most_common(16):
+        print(f"  {sec:7.3f} s {sec / busy:5.1%}  {'GEMM ' if _GEMM.match(name) else ''}{name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000, help="images per unsupervised timing run")
@@ -80,6 +142,7 @@ def main() -> None:
                     "('config': the experiment's training.eval_batch_size; the reference uses 1000)")
     ap.add_argument("--readout-images", type=int, default=5000, help="cached-feature readout epoch size (scaled to 50k)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="profile the unsupervised step at batch 10 instead")
     args = ap.parse_args()
 
     cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
@@ -96,6 +159,9 @@ def main() -> None:
 
     def data(n):
         return Dataset(rng.uniform(size=(n, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
+
+    if args.profile:
+        return profile(cfg, data, args.images, fwd_flop)
 
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     unsup = {}
