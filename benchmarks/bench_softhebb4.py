@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 if "--profile" in sys.argv:  # before JAX starts: XLA's CPU runtime annotates every operation
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -92,29 +93,36 @@ _CONTAINER = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|co
 _GEMM = re.compile(r"^(ynn_fusion|xnn_fusion|dot|convolution|custom-call|onednn)")
 
 
-def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
-    """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring)."""
-    n = max(images // 10, 1) * 10
-    ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=10), Data(data(n), data(10)), progress=False)
+def unsupervised_phase(cfg: Config, data, images: int, batch: int) -> tuple[int, Callable[[], None]]:
+    """All blocks plastic (consecutive mode: one phase), one update per mini-batch of ``batch``:
+    the number of images (a multiple of ``batch``) and the compiled phase, to call."""
+    n = max(images // batch, 1) * batch
+    ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=batch), Data(data(n), data(batch)), progress=False)
     state = init_state(ctx)
     phase = lambda: jax.block_until_ready(run_phase(ctx, 0, state).params)
     phase()  # compiles
+    return n, phase
+
+
+def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
+    """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring)."""
+    n, phase = unsupervised_phase(cfg, data, images, 10)
     untraced = timed(phase, 3)
-    folder = tempfile.mkdtemp()
-    jax.profiler.start_trace(folder)
-    t = time.perf_counter()
-    phase()
-    traced = time.perf_counter() - t
-    jax.profiler.stop_trace()
-    [path] = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
     by_name: collections.Counter = collections.Counter()
     spans = []
-    for plane in jax.profiler.ProfileData.from_file(path).planes:
-        for line in plane.lines:
-            for ev in line.events:
-                if "XLA" in line.name and not _CONTAINER.match(ev.name):
-                    by_name[re.sub(r"\.\d+$", "", ev.name)] += ev.duration_ns / 1e9
-                    spans.append((ev.start_ns, ev.end_ns))
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder)
+        t = time.perf_counter()
+        phase()
+        traced = time.perf_counter() - t
+        jax.profiler.stop_trace()
+        [path] = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
+        for plane in jax.profiler.ProfileData.from_file(path).planes:
+            for line in plane.lines:
+                for ev in line.events:
+                    if "XLA" in line.name and not _CONTAINER.match(ev.name):
+                        by_name[re.sub(r"\.\d+$", "", ev.name)] += ev.duration_ns / 1e9
+                        spans.append((ev.start_ns, ev.end_ns))
     covered, reach = 0, 0  # seconds in which at least one operation ran (the runtime's threads overlap)
     for start, end in sorted(spans):
         covered += max(0, end - max(start, reach))
@@ -127,7 +135,7 @@ def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
           f"{flop / untraced / 1e9:.0f} GFLOP/s), traced {traced:.2f} s, of which {covered:.2f} s with an operation "
           f"running; the operations' times add up to {busy:.2f} s (their overlap across threads: {busy / covered:.2f}x), "
           f"{len(spans) / (n // 10):.0f} operations a step")
-    print(f"  GEMMs {gemm:.2f} s = {gemm / busy:.0%} of the operations' time (the step's {flop / 1e12:.3f} TFLOP in "
+    print(f"  GEMMs {gemm:.2f} s = {gemm / busy:.0%} of the operations' time (the phase's {flop / 1e12:.3f} TFLOP of convolutions in "
           f"{gemm:.2f} s: {flop / gemm / 1e9:.0f} GFLOP/s); everything else {busy - gemm:.2f} s = {(busy - gemm) / busy:.0%}")
     for name, sec in by_name.most_common(16):
         print(f"  {sec:7.3f} s {sec / busy:5.1%}  {'GEMM ' if _GEMM.match(name) else ''}{name}")
@@ -166,12 +174,8 @@ def main() -> None:
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     unsup = {}
     for bs in (int(b) for b in args.batches.split(",")):
-        n = max(args.images // bs, 1) * bs
-        ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=bs), Data(data(n), data(bs)), progress=False)
-        state = init_state(ctx)
-        jax.block_until_ready(run_phase(ctx, 0, state).params)  # compiles
-        sec = timed(lambda: jax.block_until_ready(run_phase(ctx, 0, state).params), args.repeats)
-        ips = n / sec
+        n, phase = unsupervised_phase(cfg, data, args.images, bs)
+        ips = n / timed(phase, args.repeats)
         unsup[bs] = ips
         print(f"unsupervised, 3 blocks plastic, batch {bs:4d}: {ips:7.1f} images/s  ({2 * fwd_flop * ips / 1e9:6.1f} GFLOP/s, {2 * fwd_flop * ips / 1e9 / peak:.0%} of matmul)")
     out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}

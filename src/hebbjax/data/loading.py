@@ -161,10 +161,6 @@ class FloatView:
     def shape(self) -> tuple[int, ...]:
         return self.images.shape
 
-    @property
-    def ndim(self) -> int:
-        return self.images.ndim
-
     def __len__(self) -> int:
         return len(self.images)
 
