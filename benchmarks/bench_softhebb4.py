@@ -11,11 +11,17 @@ Measures, after compilation (medians over repeats):
 With ``--profile``: instead, where the unsupervised step's time goes. One Hebbian phase at batch 10
 (all blocks plastic) is traced with XLA's per-operation annotations on; the time of every XLA CPU
 operation is summed by name over the runtime's threads and split into GEMMs (the convolutions as
-patches times a matrix, XLA's ``ynn_fusion``/``dot``) and everything else, next to the step's
-FLOPs, the wall time of the traced and an untraced run, and the matmul rate.
+patches times a matrix: the operations of XLA's optimised program, dumped to a temporary folder,
+that hold a ``dot`` or ``convolution``; an Eigen ``dot``'s asynchronous tail included, see
+``profile``) and everything else, next to the step's FLOPs, the time with no operation running,
+the wall time of the traced and an untraced run, and the matmul rate.
+
+With ``--readout-ab``: the readout epoch also as it was up to commit 27ed1af (``readout_ab``).
 
     python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3]
+                                         [--phases unsupervised,features,readout]
     python benchmarks/bench_softhebb4.py --profile [--images 500]
+    python benchmarks/bench_softhebb4.py --phases readout --readout-ab [--readout-images 5000] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
-if "--profile" in sys.argv:  # before JAX starts: XLA's CPU runtime annotates every operation
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+_HLO_DUMP = tempfile.mkdtemp(prefix="hebbjax-hlo-") if "--profile" in sys.argv else None
+if _HLO_DUMP:  # before JAX starts: XLA's CPU runtime annotates every operation; the HLO names them
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+                               f" --xla_dump_to={_HLO_DUMP} --xla_dump_hlo_as_text").strip()
 
 import jax
 import jax.numpy as jnp
@@ -79,18 +89,22 @@ def with_training(cfg: Config, **changes) -> Config:
     return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **changes))
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def times(fn, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn``."""
+    out = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        out.append(time.perf_counter() - t)
+    return out
 
 
-# XLA CPU operations that only wrap others (their time is their children's), and the GEMMs
+def timed(fn, repeats: int) -> float:
+    return statistics.median(times(fn, repeats))
+
+
+# XLA CPU operations that only wrap others (their time is their children's)
 _CONTAINER = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|cond|while|call|end: |\$)")
-_GEMM = re.compile(r"^(ynn_fusion|xnn_fusion|dot|convolution|custom-call|onednn)")
 
 
 def unsupervised_phase(cfg: Config, data, images: int, batch: int) -> tuple[int, Callable[[], None]]:
@@ -104,12 +118,35 @@ def unsupervised_phase(cfg: Config, data, images: int, batch: int) -> tuple[int,
     return n, phase
 
 
+def gemm_operations(folder: str) -> set[str]:
+    """Names of the operations in XLA's optimised CPU programs under ``folder`` that multiply
+    matrices: plain ``dot`` instructions (Eigen) and the fusions (YNNPACK's ``ynn_fusion`` ...)
+    whose computation holds a ``dot`` or a ``convolution``. (YNNPACK also takes over reductions,
+    so a fusion's name does not say whether it is a GEMM.)"""
+    names: set[str] = set()
+    for path in glob.glob(f"{folder}/*after_optimizations.txt"):
+        text = open(path).read()
+        gemm_bodies = {m.group(1) for m in re.finditer(r"^(%?[\w.-]+) [^\n]*\{\n((?:(?!^\}).*\n)*?)^\}", text, re.M)
+                       if re.search(r" (dot|convolution)\(", m.group(0))}
+        for m in re.finditer(r"^\s*(?:ROOT )?%([\w.-]+) = [^\n]*? (dot|convolution|fusion)\(([^\n]*)", text, re.M):
+            name, op, rest = m.groups()
+            called = re.search(r"calls=(%[\w.-]+)", rest)
+            if op != "fusion" or (called and called.group(1) in gemm_bodies):
+                names.add(name)
+    return names
+
+
 def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
-    """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring)."""
+    """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring).
+
+    XLA's CPU runtime runs an Eigen ``dot`` asynchronously: its trace event ends when the work is
+    handed to Eigen's threads, which are not traced. The time from such an event's end to the next
+    operation's start is the dot's; it is counted as GEMM time here, not as time between
+    operations."""
     n, phase = unsupervised_phase(cfg, data, images, 10)
     untraced = timed(phase, 3)
-    by_name: collections.Counter = collections.Counter()
-    spans = []
+    gemms = gemm_operations(_HLO_DUMP)
+    events = []
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder)
         t = time.perf_counter()
@@ -121,24 +158,70 @@ def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
             for line in plane.lines:
                 for ev in line.events:
                     if "XLA" in line.name and not _CONTAINER.match(ev.name):
-                        by_name[re.sub(r"\.\d+$", "", ev.name)] += ev.duration_ns / 1e9
-                        spans.append((ev.start_ns, ev.end_ns))
-    covered, reach = 0, 0  # seconds in which at least one operation ran (the runtime's threads overlap)
-    for start, end in sorted(spans):
-        covered += max(0, end - max(start, reach))
-        reach = max(reach, end)
-    covered /= 1e9
+                        events.append((ev.start_ns, ev.end_ns, ev.name))
+    by_name: collections.Counter = collections.Counter()
+    gemm_time, idle, reach, last = 0.0, 0.0, None, None
+    for start, end, name in sorted(events):
+        if reach is not None and start > reach:  # nothing traced runs: an async dot's, or idle
+            if re.match(r"dot(\.\d+)?$", last):
+                by_name["dot (GEMM)"] += (start - reach) / 1e9
+                gemm_time += (start - reach) / 1e9
+            else:
+                idle += (start - reach) / 1e9
+        by_name[re.sub(r"\.\d+$", "", name) + (" (GEMM)" if name in gemms else "")] += (end - start) / 1e9
+        if name in gemms:
+            gemm_time += (end - start) / 1e9
+        if reach is None or end > reach:
+            reach, last = end, name
     busy = sum(by_name.values())
-    gemm = sum(v for k, v in by_name.items() if _GEMM.match(k))
     flop = 2 * fwd_flop * n
     print(f"unsupervised phase, batch 10, {n} images: untraced {untraced:.2f} s ({n / untraced:.1f} img/s, "
-          f"{flop / untraced / 1e9:.0f} GFLOP/s), traced {traced:.2f} s, of which {covered:.2f} s with an operation "
-          f"running; the operations' times add up to {busy:.2f} s (their overlap across threads: {busy / covered:.2f}x), "
-          f"{len(spans) / (n // 10):.0f} operations a step")
-    print(f"  GEMMs {gemm:.2f} s = {gemm / busy:.0%} of the operations' time (the phase's {flop / 1e12:.3f} TFLOP of convolutions in "
-          f"{gemm:.2f} s: {flop / gemm / 1e9:.0f} GFLOP/s); everything else {busy - gemm:.2f} s = {(busy - gemm) / busy:.0%}")
+          f"{flop / untraced / 1e9:.0f} GFLOP/s), traced {traced:.2f} s: operations {busy:.2f} s (threads overlapping), "
+          f"nothing running {idle:.2f} s, {len(events) / (n // 10):.0f} operations a step")
+    print(f"  GEMMs {gemm_time:.2f} s = {gemm_time / busy:.0%} of the operations' time (the phase's {flop / 1e12:.3f} TFLOP of "
+          f"convolutions: {flop / gemm_time / 1e9:.0f} GFLOP/s); everything else {busy - gemm_time:.2f} s = {(busy - gemm_time) / busy:.0%}")
     for name, sec in by_name.most_common(16):
-        print(f"  {sec:7.3f} s {sec / busy:5.1%}  {'GEMM ' if _GEMM.match(name) else ''}{name}")
+        print(f"  {sec:7.3f} s {sec / busy:5.1%}  {name}")
+    shutil.rmtree(_HLO_DUMP, ignore_errors=True)
+
+
+def _skipping_padded_before(step, get_batch):
+    """``hebbjax.train.parallel._skipping_padded`` up to commit 27ed1af: the batch gathered outside
+    the ``lax.cond`` (so XLA could not fuse the gather into the step)."""
+
+    def body(c, inp):
+        x, ok = inp
+        batch = get_batch(x)
+        zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(step, c, batch)[1])
+        return jax.lax.cond(ok, step, lambda c, _: (c, zeros), c, batch)
+
+    return body
+
+
+def readout_ab(readout: Callable[..., Any], make_runner: Callable, steps: int, repeats: int) -> None:
+    """The readout epoch now and as before (gather outside the step's branch, dropout words from
+    ``jax.random.bits``: JAX's rolled threefry loop on CPU), compiled side by side and timed in
+    turns in this one process, so that the noise of a shared machine hits both alike."""
+    import hebbjax.nn.layers as layers
+    import hebbjax.train.parallel as parallel
+
+    before_runner = make_runner()
+    saved = parallel._skipping_padded, layers.random_words
+    parallel._skipping_padded, layers.random_words = _skipping_padded_before, lambda key, n: jax.random.bits(key, (n,), jnp.uint32)
+    try:
+        readout(before_runner)  # traced and compiled with the earlier forms
+    finally:
+        parallel._skipping_padded, layers.random_words = saved
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(readout()), jax.tree_util.tree_leaves(readout(before_runner))))
+    print(f"readout parameters after one epoch, now and before: {'bit-identical' if same else 'DIFFERENT'}")
+    now, before = [], []
+    for _ in range(repeats):
+        now += times(readout, 1)
+        before += times(lambda: readout(before_runner), 1)
+    for name, t in (("now", now), ("before", before)):
+        print(f"readout step, {name:6s}: {statistics.median(t) / steps * 1e3:.2f} ms (min-max {min(t) / steps * 1e3:.2f}-"
+              f"{max(t) / steps * 1e3:.2f}, {len(t)} epochs of {steps} steps)")
+    print(f"now / before: {statistics.median(now) / statistics.median(before):.2f}")
 
 
 def main() -> None:
@@ -150,8 +233,14 @@ def main() -> None:
                     "('config': the experiment's training.eval_batch_size; the reference uses 1000)")
     ap.add_argument("--readout-images", type=int, default=5000, help="cached-feature readout epoch size (scaled to 50k)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--phases", default="unsupervised,features,readout", help="which to time, comma-separated")
     ap.add_argument("--profile", action="store_true", help="profile the unsupervised step at batch 10 instead")
+    ap.add_argument("--readout-ab", action="store_true", help="with the readout: also time, in turns with it, the readout "
+                    "step as it was before the batch gather moved into the step's branch and the dropout words were unrolled")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
+    if not phases <= {"unsupervised", "features", "readout"}:
+        ap.error(f"--phases: expected names from unsupervised,features,readout, got {args.phases!r}")
 
     cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
     macs = conv_macs(cfg.model.blocks, (32, 32, 3))
@@ -173,7 +262,7 @@ def main() -> None:
 
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     unsup = {}
-    for bs in (int(b) for b in args.batches.split(",")):
+    for bs in (int(b) for b in args.batches.split(",") if "unsupervised" in phases):
         n, phase = unsupervised_phase(cfg, data, args.images, bs)
         ips = n / timed(phase, args.repeats)
         unsup[bs] = ips
@@ -181,36 +270,43 @@ def main() -> None:
     out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}
 
     # -- frozen features, per evaluation batch size
-    n = args.feature_images
-    ctx = setup(cfg, Data(data(100), data(10)), progress=False)
-    state = init_state(ctx)
-    images = DeviceSource.place(data(n), ctx.mesh)
-    feature_ips = {}
-    for eb in (cfg.training.eval_batch_size if b == "config" else int(b) for b in args.eval_batch.split(",")):
-        extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=eb,
-                                                                  mesh=ctx.mesh, inputs=ctx.inputs)[0])
-        extract()
-        fips = n / timed(extract, args.repeats)
-        feature_ips[eb] = fips
-        print(f"feature extraction, batch {eb:4d}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
-    out["feature_images_per_second"] = {str(k): round(v, 1) for k, v in feature_ips.items()}
+    if "features" in phases:
+        n = args.feature_images
+        ctx = setup(cfg, Data(data(100), data(10)), progress=False)
+        state = init_state(ctx)
+        images = DeviceSource.place(data(n), ctx.mesh)
+        feature_ips = {}
+        for eb in (cfg.training.eval_batch_size if b == "config" else int(b) for b in args.eval_batch.split(",")):
+            extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=eb,
+                                                                      mesh=ctx.mesh, inputs=ctx.inputs)[0])
+            extract()
+            fips = n / timed(extract, args.repeats)
+            feature_ips[eb] = fips
+            print(f"feature extraction, batch {eb:4d}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
+        out["feature_images_per_second"] = {str(k): round(v, 1) for k, v in feature_ips.items()}
 
     # -- readout epoch on cached features (the readout phase's own step and loop)
-    n = args.readout_images
-    ctx = setup(with_training(cfg, readout_epochs=1), Data(data(n), data(10)), progress=False)
-    state = init_state(ctx)
-    features = DeviceSource.place(Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10), ctx.mesh)
-    how = plan(ctx, Readout(), features)
-    opt, sup_opt = how.init_optimisers(state)
-    start = state.at(len(ctx.phases) - 1, jax.random.key(0, impl="rbg"), opt, sup_opt)
-    runner = features.runner(counted(how.step, n // how.batch_size), ctx.mesh)
-    readout = lambda: jax.block_until_ready(run_epochs(how.step, start, features, name="readout", batch_size=how.batch_size, epochs=1,
-                                                       key=jax.random.key(1, impl="rbg"), mesh=ctx.mesh,
-                                                       steps_per_chunk=cfg.training.steps_per_chunk, runner=runner).params)
-    readout()  # compile
-    sec = timed(readout, args.repeats)
-    out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)
-    print(f"readout epoch on cached features (batch 64): {sec * 50000 / n:6.2f} s per 50k images ({n / sec:.0f} images/s)")
+    if "readout" in phases:
+        n = args.readout_images
+        ctx = setup(with_training(cfg, readout_epochs=1), Data(data(n), data(10)), progress=False)
+        state = init_state(ctx)
+        features = DeviceSource.place(Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10), ctx.mesh)
+        how = plan(ctx, Readout(), features)
+        opt, sup_opt = how.init_optimisers(state)
+        start = state.at(len(ctx.phases) - 1, jax.random.key(0, impl="rbg"), opt, sup_opt)
+        runner = features.runner(counted(how.step, n // how.batch_size), ctx.mesh)
+        readout = lambda run=runner: jax.block_until_ready(run_epochs(how.step, start, features, name="readout", batch_size=how.batch_size,
+                                                                      epochs=1, key=jax.random.key(1, impl="rbg"), mesh=ctx.mesh,
+                                                                      steps_per_chunk=cfg.training.steps_per_chunk, runner=run).params)
+        readout()  # compile
+        if args.readout_ab:
+            return readout_ab(readout, lambda: features.runner(counted(how.step, n // how.batch_size), ctx.mesh), n // how.batch_size,
+                              args.repeats)
+        secs = times(readout, args.repeats)
+        sec, steps = statistics.median(secs), n // how.batch_size
+        out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)
+        print(f"readout epoch on cached features (batch 64): {sec * 50000 / n:6.2f} s per 50k images ({n / sec:.0f} images/s; "
+              f"{sec / steps * 1e3:.2f} ms a step, {min(secs) / steps * 1e3:.2f}-{max(secs) / steps * 1e3:.2f} over {len(secs)} epochs)")
     print(json.dumps(out))
 
 

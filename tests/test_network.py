@@ -317,6 +317,29 @@ def test_dropout_masks_are_independent_bernoulli_draws(keep):
     assert 0 < np.mean(mask != other) < 1
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 49152, 100003])
+def test_random_words_are_jax_threefry_bits_bit_for_bit(n):
+    from hebbjax.nn.layers import random_words
+
+    key = jax.random.key(12345, impl="threefry2x32")
+    got = jax.jit(random_words, static_argnums=1)(key, n)
+    assert got.dtype == jnp.uint32 and np.array_equal(got, jax.random.bits(key, (n,), jnp.uint32))
+    rbg = jax.random.key(12345, impl="rbg")  # other implementations: jax.random.bits itself
+    assert np.array_equal(random_words(rbg, n), jax.random.bits(rbg, (n,), jnp.uint32))
+
+
+def test_a_compiled_dropout_mask_unpacks_jax_threefry_bits():
+    """Inside a compiled consumer (where XLA fuses the hash), bit j of word w is draw 32 w + j."""
+    from hebbjax.nn.layers import keep_mask
+
+    key, shape = jax.random.key(7, impl="threefry2x32"), (64, 1000)
+    x = jnp.ones(shape)
+    dropped = jax.jit(lambda k, x: jnp.where(keep_mask(k, 0.5, x.shape), x / 0.5, 0.0))(key, x)
+    words = np.asarray(jax.random.bits(key, (64 * 1000 // 32,), jnp.uint32))
+    bits = (words[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    assert np.array_equal(np.asarray(dropped), np.where(bits.reshape(shape) == 0, 2.0, 0.0))
+
+
 def test_dropout_scales_kept_values_and_is_identity_in_evaluation():
     from hebbjax.nn.layers import Dropout
 

@@ -251,6 +251,39 @@ def threefry_key(key: jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(jax.random.bits(key, (2,), jnp.uint32), impl="threefry2x32")
 
 
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def random_words(key: jax.Array, n: int) -> Array:
+    """``jax.random.bits(key, (n,), jnp.uint32)``, bit for bit, with threefry's hash unrolled.
+
+    Threefry-2x32 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", 20 rounds):
+    with key words ``(k1, k2)`` and ``k3 = k1 ^ k2 ^ 0x1BD11BDA``, a counter pair ``(x1, x2)``
+    gets ``k1, k2`` added, then five times four rounds ``x1 += x2; x2 = rotl(x2, r) ^ x1``
+    (rotations ``13 15 26 6`` and ``17 29 16 24`` in turn) each followed by the injection of the
+    next key words plus the round count. JAX's word ``i`` (its default, partitionable counters)
+    is ``x1 ^ x2`` of the pair ``(0, i)``. XLA's CPU lowering of JAX's threefry is a rolled loop
+    of five iterations that copies its state every iteration; unrolled, the 20 rounds fuse into
+    one pass (the 49152 words of a cifar_softhebb4 readout mask: 0.16 instead of 0.44 ms on the
+    2-core dev VM; benchmarks/README.md). Keys of other implementations draw ``jax.random.bits``."""
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return jax.random.bits(key, (n,), jnp.uint32)
+    if not 0 <= n < 2**32:
+        raise ValueError(f"random_words: n must be in [0, 2**32), got {n}")
+    k = jax.random.key_data(key)
+    ks = (k[0], k[1], k[0] ^ k[1] ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = jnp.zeros((n,), jnp.uint32) + ks[0], jax.lax.iota(jnp.uint32, n) + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))) ^ x1
+        x1, x2 = x1 + ks[(i + 1) % 3], x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    # ``// one`` (exact) keeps XLA from fusing the hash into a consumer that reads each word 32
+    # times (keep_mask): XLA does not duplicate a division, and on CPU it ignores optimization_barrier
+    one = (k[0] | jnp.uint32(1)) // (k[0] | jnp.uint32(1))
+    return (x1 ^ x2) // one
+
+
 def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> Array:
     """Independent Bernoulli(``keep_prob``) draws of ``shape``, exactly.
 
@@ -264,7 +297,7 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> Array
         threshold = keep_prob * 2**k
         if threshold == int(threshold):
             size = math.prod(shape)
-            words = jax.random.bits(key, (-(-size * k // 32),), jnp.uint32)
+            words = random_words(key, -(-size * k // 32))
             fields = (words[:, None] >> jnp.arange(0, 32, k, dtype=jnp.uint32)) & jnp.uint32(2**k - 1)
             return (fields.reshape(-1)[:size] < jnp.uint32(threshold)).reshape(shape)
     return jax.random.bernoulli(key, keep_prob, shape)

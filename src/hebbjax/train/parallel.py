@@ -223,13 +223,18 @@ def epoch_indices(
 
 def _skipping_padded(step: Callable, get_batch: Callable) -> Callable:
     """Scan body ``(carry, (x, ok))``: ``step(carry, get_batch(x))`` where ``ok``, else the carry
-    unchanged and zero metrics (``lax.cond``: a padded step costs no compute)."""
+    unchanged and zero metrics (``lax.cond``: a padded step costs no compute). The batch is
+    gathered inside the branch, in the step's computation, so that XLA can fuse the gather into
+    its first use (the readout's dropout reads the gathered rows directly: one 64 x 24576 copy
+    less a step)."""
+
+    def run(c, x):
+        return step(c, get_batch(x))
 
     def body(c, inp):
         x, ok = inp
-        batch = get_batch(x)
-        zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(step, c, batch)[1])
-        return jax.lax.cond(ok, step, lambda c, _: (c, zeros), c, batch)
+        zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(run, c, x)[1])
+        return jax.lax.cond(ok, run, lambda c, _: (c, zeros), c, x)
 
     return body
 
