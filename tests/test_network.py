@@ -329,7 +329,8 @@ def test_random_words_are_jax_threefry_bits_bit_for_bit(n):
 
 
 def test_a_compiled_dropout_mask_unpacks_jax_threefry_bits():
-    """Inside a compiled consumer (where XLA fuses the hash), bit j of word w is draw 32 w + j."""
+    """Compiled with its consumer (XLA fuses what it may), the mask keeps draw ``32 w + j`` where bit j
+    of JAX's word w is 0."""
     from hebbjax.nn.layers import keep_mask
 
     key, shape = jax.random.key(7, impl="threefry2x32"), (64, 1000)
