@@ -119,13 +119,17 @@ def unsupervised_phase(cfg: Config, data, images: int, batch: int) -> tuple[int,
 
 
 def gemm_operations(folder: str) -> set[str]:
-    """Names of the operations in XLA's optimised CPU programs under ``folder`` that multiply
-    matrices: plain ``dot`` instructions (Eigen) and the fusions (YNNPACK's ``ynn_fusion`` ...)
-    whose computation holds a ``dot`` or a ``convolution``. (YNNPACK also takes over reductions,
-    so a fusion's name does not say whether it is a GEMM.)"""
+    """Names of the operations that multiply matrices in the Hebbian phase's optimised XLA CPU
+    program under ``folder``: plain ``dot`` instructions (Eigen) and the fusions (YNNPACK's
+    ``ynn_fusion`` ...) whose computation holds a ``dot`` or a ``convolution``. (YNNPACK also takes
+    over reductions, so a fusion's name does not say whether it is a GEMM.) Names are unique only
+    within a program: only the programs with the phase's loop (a ``while`` over a ``conditional``)
+    are read, not e.g. the matmul's that this script times first."""
     names: set[str] = set()
     for path in glob.glob(f"{folder}/*after_optimizations.txt"):
         text = open(path).read()
+        if " while(" not in text or " conditional(" not in text:
+            continue
         gemm_bodies = {m.group(1) for m in re.finditer(r"^(%?[\w.-]+) [^\n]*\{\n((?:(?!^\}).*\n)*?)^\}", text, re.M)
                        if re.search(r" (dot|convolution)\(", m.group(0))}
         for m in re.finditer(r"^\s*(?:ROOT )?%([\w.-]+) = [^\n]*? (dot|convolution|fusion)\(([^\n]*)", text, re.M):
@@ -140,9 +144,9 @@ def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
     """Where one Hebbian phase at batch 10 spends its time, by XLA operation (see the docstring).
 
     XLA's CPU runtime runs an Eigen ``dot`` asynchronously: its trace event ends when the work is
-    handed to Eigen's threads, which are not traced. The time from such an event's end to the next
-    operation's start is the dot's; it is counted as GEMM time here, not as time between
-    operations."""
+    handed to Eigen's threads, which are not traced. A stretch with no traced operation that
+    follows a ``dot`` (the last operation to end) is counted as that dot's: an upper bound on the
+    GEMM time (runtime time after a dot is included), so the GEMM rate printed is a lower bound."""
     n, phase = unsupervised_phase(cfg, data, images, 10)
     untraced = timed(phase, 3)
     gemms = gemm_operations(_HLO_DUMP)
@@ -182,10 +186,9 @@ def profile(cfg: Config, data, images: int, fwd_flop: int) -> None:
           f"convolutions: {flop / gemm_time / 1e9:.0f} GFLOP/s); everything else {busy - gemm_time:.2f} s = {(busy - gemm_time) / busy:.0%}")
     for name, sec in by_name.most_common(16):
         print(f"  {sec:7.3f} s {sec / busy:5.1%}  {name}")
-    shutil.rmtree(_HLO_DUMP, ignore_errors=True)
 
 
-def _skipping_padded_before(step, get_batch):
+def _skipping_padded_before(step: Callable, get_batch: Callable) -> Callable:
     """``hebbjax.train.parallel._skipping_padded`` up to commit 27ed1af: the batch gathered outside
     the ``lax.cond`` (so XLA could not fuse the gather into the step)."""
 
@@ -241,6 +244,8 @@ def main() -> None:
     phases = set(args.phases.split(","))
     if not phases <= {"unsupervised", "features", "readout"}:
         ap.error(f"--phases: expected names from unsupervised,features,readout, got {args.phases!r}")
+    if args.readout_ab and "readout" not in phases:
+        ap.error("--readout-ab times the readout: --phases must include readout")
 
     cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
     macs = conv_macs(cfg.model.blocks, (32, 32, 3))
@@ -258,7 +263,10 @@ def main() -> None:
         return Dataset(rng.uniform(size=(n, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
 
     if args.profile:
-        return profile(cfg, data, args.images, fwd_flop)
+        try:
+            return profile(cfg, data, args.images, fwd_flop)
+        finally:
+            shutil.rmtree(_HLO_DUMP, ignore_errors=True)
 
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     unsup = {}

@@ -317,13 +317,20 @@ def test_dropout_masks_are_independent_bernoulli_draws(keep):
     assert 0 < np.mean(mask != other) < 1
 
 
+def _threefry(words: tuple[int, int]) -> jax.Array:
+    return jax.random.wrap_key_data(jnp.array(words, jnp.uint32), impl="threefry2x32")
+
+
 @pytest.mark.parametrize("n", [0, 1, 7, 49152, 100003])
-def test_random_words_are_jax_threefry_bits_bit_for_bit(n):
+@pytest.mark.parametrize("words", [(0x9E3779B9, 12345), (0xFFFFFFFF, 0x7F4A7C15), (0, 7)])  # both key words matter
+def test_random_words_are_jax_threefry_bits_bit_for_bit(n, words):
     from hebbjax.nn.layers import random_words
 
-    key = jax.random.key(12345, impl="threefry2x32")
+    key = _threefry(words)
     got = jax.jit(random_words, static_argnums=1)(key, n)
     assert got.dtype == jnp.uint32 and np.array_equal(got, jax.random.bits(key, (n,), jnp.uint32))
+    with jax.threefry_partitionable(False):  # JAX's other counter layout: its own bits
+        assert np.array_equal(random_words(key, n), jax.random.bits(key, (n,), jnp.uint32))
     rbg = jax.random.key(12345, impl="rbg")  # other implementations: jax.random.bits itself
     assert np.array_equal(random_words(rbg, n), jax.random.bits(rbg, (n,), jnp.uint32))
 
@@ -333,7 +340,7 @@ def test_a_compiled_dropout_mask_unpacks_jax_threefry_bits():
     of JAX's word w is 0."""
     from hebbjax.nn.layers import keep_mask
 
-    key, shape = jax.random.key(7, impl="threefry2x32"), (64, 1000)
+    key, shape = _threefry((0x2545F491, 0x9E3779B9)), (64, 1000)
     x = jnp.ones(shape)
     dropped = jax.jit(lambda k, x: jnp.where(keep_mask(k, 0.5, x.shape), x / 0.5, 0.0))(key, x)
     words = np.asarray(jax.random.bits(key, (64 * 1000 // 32,), jnp.uint32))

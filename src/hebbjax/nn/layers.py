@@ -258,15 +258,16 @@ def random_words(key: jax.Array, n: int) -> Array:
     """``jax.random.bits(key, (n,), jnp.uint32)``, bit for bit, with threefry's hash unrolled.
 
     Threefry-2x32 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", 20 rounds):
-    with key words ``(k1, k2)`` and ``k3 = k1 ^ k2 ^ 0x1BD11BDA``, a counter pair ``(x1, x2)``
-    gets ``k1, k2`` added, then five times four rounds ``x1 += x2; x2 = rotl(x2, r) ^ x1``
-    (rotations ``13 15 26 6`` and ``17 29 16 24`` in turn) each followed by the injection of the
-    next key words plus the round count. JAX's word ``i`` (its default, partitionable counters)
-    is ``x1 ^ x2`` of the pair ``(0, i)``. XLA's CPU lowering of JAX's threefry is a rolled loop
-    of five iterations that copies its state every iteration; unrolled, the 20 rounds fuse into
-    one pass (the 49152 words of a cifar_softhebb4 readout mask: 0.16 instead of 0.44 ms on the
-    2-core dev VM; benchmarks/README.md). Keys of other implementations draw ``jax.random.bits``."""
-    if str(jax.random.key_impl(key)) != "threefry2x32":
+    with key words ``k_0, k_1`` and ``k_2 = k_0 ^ k_1 ^ 0x1BD11BDA``, a counter pair ``(x1, x2)``
+    starts as ``(x1 + k_0, x2 + k_1)``; then for s = 1..5, four rounds ``x1 += x2;
+    x2 = rotl(x2, r) ^ x1`` (rotations ``13 15 26 6`` for odd s, ``17 29 16 24`` for even s)
+    followed by the key injection ``x1 += k_{s mod 3}; x2 += k_{(s+1) mod 3} + s``. JAX's word
+    ``i`` (with its default ``jax_threefry_partitionable``) is ``x1 ^ x2`` of the pair ``(0, i)``.
+    XLA's CPU lowering of JAX's threefry is a rolled loop of five iterations that copies its state
+    every iteration; unrolled, the 20 rounds fuse into one pass (the 49152 words of a
+    cifar_softhebb4 readout mask: 0.16 instead of 0.44 ms on the 2-core dev VM; benchmarks/README.md).
+    Keys of other implementations, and the non-partitionable threefry, draw ``jax.random.bits``."""
+    if str(jax.random.key_impl(key)) != "threefry2x32" or not jax.config.jax_threefry_partitionable:
         return jax.random.bits(key, (n,), jnp.uint32)
     if not 0 <= n < 2**32:
         raise ValueError(f"random_words: n must be in [0, 2**32), got {n}")
