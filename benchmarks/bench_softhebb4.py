@@ -268,14 +268,18 @@ def main() -> None:
         finally:
             shutil.rmtree(_HLO_DUMP, ignore_errors=True)
 
+    def images_per_second(label: str, n: int, run: Callable[[], None], flop_per_image: int) -> float:
+        ips = n / timed(run, args.repeats)
+        print(f"{label}: {ips:7.1f} images/s  ({flop_per_image * ips / 1e9:6.1f} GFLOP/s, {flop_per_image * ips / 1e9 / peak:.0%} of matmul)")
+        return ips
+
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
-    unsup = {}
-    for bs in (int(b) for b in args.batches.split(",") if "unsupervised" in phases):
-        n, phase = unsupervised_phase(cfg, data, args.images, bs)
-        ips = n / timed(phase, args.repeats)
-        unsup[bs] = ips
-        print(f"unsupervised, 3 blocks plastic, batch {bs:4d}: {ips:7.1f} images/s  ({2 * fwd_flop * ips / 1e9:6.1f} GFLOP/s, {2 * fwd_flop * ips / 1e9 / peak:.0%} of matmul)")
-    out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}
+    if "unsupervised" in phases:
+        unsup = {}
+        for bs in (int(b) for b in args.batches.split(",")):
+            n, phase = unsupervised_phase(cfg, data, args.images, bs)
+            unsup[bs] = images_per_second(f"unsupervised, 3 blocks plastic, batch {bs:4d}", n, phase, 2 * fwd_flop)
+        out["unsupervised_images_per_second"] = {str(k): round(v, 1) for k, v in unsup.items()}
 
     # -- frozen features, per evaluation batch size
     if "features" in phases:
@@ -288,9 +292,7 @@ def main() -> None:
             extract = lambda: jax.block_until_ready(evaluate.features(ctx.model, state.variables, images, batch_size=eb,
                                                                       mesh=ctx.mesh, inputs=ctx.inputs)[0])
             extract()
-            fips = n / timed(extract, args.repeats)
-            feature_ips[eb] = fips
-            print(f"feature extraction, batch {eb:4d}: {fips:7.1f} images/s  ({fwd_flop * fips / 1e9:6.1f} GFLOP/s, {fwd_flop * fips / 1e9 / peak:.0%} of matmul)")
+            feature_ips[eb] = images_per_second(f"feature extraction, batch {eb:4d}", n, extract, fwd_flop)
         out["feature_images_per_second"] = {str(k): round(v, 1) for k, v in feature_ips.items()}
 
     # -- readout epoch on cached features (the readout phase's own step and loop)
