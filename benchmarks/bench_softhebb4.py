@@ -16,18 +16,21 @@ that hold a ``dot`` or ``convolution``; an Eigen ``dot``'s asynchronous tail inc
 ``profile``) and everything else, next to the step's FLOPs, the time with no operation running,
 the wall time of the traced and an untraced run, and the matmul rate.
 
-With ``--readout-ab``: the readout epoch also as it was up to commit 27ed1af (``readout_ab``).
+With ``--ab NAME``: instead, the unsupervised epoch (batch 10) and the readout epoch now and with the
+code as it was before a change (``BEFORE``: ``gather``, up to commit 27ed1af; ``sums``, up to
+6265f60), compiled side by side and timed in turns in one process (``ab``).
 
     python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3]
                                          [--phases unsupervised,features,readout]
     python benchmarks/bench_softhebb4.py --profile [--images 500]
-    python benchmarks/bench_softhebb4.py --phases readout --readout-ab [--readout-images 5000] [--repeats 9]
+    python benchmarks/bench_softhebb4.py --ab sums [--phases unsupervised,readout] [--images 300] [--readout-images 5000] [--repeats 9]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import glob
 import json
@@ -54,7 +57,7 @@ import numpy as np
 from hebbjax.config import Config, conv_out, parse_pool
 from hebbjax.data import Dataset
 from hebbjax.run import compose_config
-from hebbjax.train import Data, DeviceSource, Readout, evaluate, init_state, run_epochs, run_phase, setup
+from hebbjax.train import Data, DeviceSource, evaluate, init_state, run_epochs, run_phase, setup
 from hebbjax.train.loop import counted
 from hebbjax.train.protocol import plan
 
@@ -201,30 +204,96 @@ def _skipping_padded_before(step: Callable, get_batch: Callable) -> Callable:
     return body
 
 
-def readout_ab(readout: Callable[..., Any], make_runner: Callable, steps: int, repeats: int) -> None:
-    """The readout epoch now and as before (gather outside the step's branch, dropout words from
-    ``jax.random.bits``: JAX's rolled threefry loop on CPU), compiled side by side and timed in
-    turns in this one process, so that the noise of a shared machine hits both alike."""
+@contextlib.contextmanager
+def _patched(*patches: tuple[Any, str, Any]):
+    """Module attributes replaced for the duration (steps are traced at their first call)."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def _before_gather():
+    """Up to commit 27ed1af: the batch gathered outside the step's branch, the dropout words from
+    ``jax.random.bits`` (JAX's rolled threefry loop on CPU)."""
     import hebbjax.nn.layers as layers
     import hebbjax.train.parallel as parallel
 
-    before_runner = make_runner()
-    saved = parallel._skipping_padded, layers.random_words
-    parallel._skipping_padded, layers.random_words = _skipping_padded_before, lambda key, n: jax.random.bits(key, (n,), jnp.uint32)
-    try:
-        readout(before_runner)  # traced and compiled with the earlier forms
-    finally:
-        parallel._skipping_padded, layers.random_words = saved
-    same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(readout()), jax.tree_util.tree_leaves(readout(before_runner))))
-    print(f"readout parameters after one epoch, now and before: {'bit-identical' if same else 'DIFFERENT'}")
-    now, before = [], []
+    return _patched((parallel, "_skipping_padded", _skipping_padded_before),
+                    (layers, "random_words", lambda key, n: jax.random.bits(key, (n,), jnp.uint32)))
+
+
+def _before_sums():
+    """Up to commit 6265f60: a one-device mesh ran with JAX's varying-value checks, so every sum
+    across devices was an all-reduce (over the one device: a copy), and ``all_finite`` was
+    ``all(isfinite(a))``."""
+    import hebbjax.train.plasticity as plasticity
+    import hebbjax.train.steps as steps
+
+    shard_map = jax.shard_map
+
+    def checked(*args, **kwargs):
+        kwargs.pop("check_vma", None)
+        return shard_map(*args, **kwargs)
+
+    def all_finite(tree):
+        return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+    return _patched((jax, "shard_map", checked), (plasticity, "psum", jax.lax.psum), (steps, "psum", jax.lax.psum),
+                    (steps, "pmean", jax.lax.pmean), (plasticity, "all_finite", all_finite), (steps, "all_finite", all_finite))
+
+
+# --ab NAME: the code as it was before a change, rebuilt by patching it at trace time
+BEFORE = {"gather": _before_gather, "sums": _before_sums}
+
+
+def epoch_of(ctx, p: int, state, source=None) -> tuple[int, Callable, Callable]:
+    """One epoch of phase ``p`` from ``state``, through a compiled runner that the caller makes:
+    ``(steps, make_runner, run)``, ``run(runner)`` returns the parameters after the epoch."""
+    how = plan(ctx, ctx.phases[p], source)
+    opt, sup_opt = how.init_optimisers(state)
+    start = state.at(p, jax.random.key(0, impl="rbg"), opt, sup_opt)
+    steps = how.source.num_examples // how.batch_size
+    make_runner = lambda: how.source.runner(counted(how.step, steps), ctx.mesh)
+    run = lambda runner: jax.block_until_ready(run_epochs(
+        how.step, start, how.source, name=type(ctx.phases[p]).__name__, batch_size=how.batch_size, epochs=1,
+        key=jax.random.key(1, impl="rbg"), mesh=ctx.mesh, steps_per_chunk=ctx.cfg.training.steps_per_chunk, runner=runner).params)
+    return steps, make_runner, run
+
+
+def ab(label: str, before: Callable, epoch: tuple[int, Callable, Callable], repeats: int) -> dict[str, float]:
+    """An epoch now and with the code as before (``before()``: the patches), compiled side by
+    side and timed in turns in this one process, so that the noise of a shared machine hits both
+    alike; checks that both give the same parameter bits."""
+    steps, make_runner, run = epoch
+    now_runner, before_runner = make_runner(), make_runner()
+    run(now_runner)  # compiles
+    with before():
+        run(before_runner)  # traced and compiled with the earlier forms
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(run(now_runner)), jax.tree_util.tree_leaves(run(before_runner))))
+    print(f"{label}: parameters after one epoch, now and before: {'bit-identical' if same else 'DIFFERENT'}")
+    now, earlier = [], []
     for _ in range(repeats):
-        now += times(readout, 1)
-        before += times(lambda: readout(before_runner), 1)
-    for name, t in (("now", now), ("before", before)):
-        print(f"readout step, {name:6s}: {statistics.median(t) / steps * 1e3:.2f} ms (min-max {min(t) / steps * 1e3:.2f}-"
+        now += times(lambda: run(now_runner), 1)
+        earlier += times(lambda: run(before_runner), 1)
+    for name, t in (("now", now), ("before", earlier)):
+        print(f"{label} step, {name:6s}: {statistics.median(t) / steps * 1e3:.2f} ms (min-max {min(t) / steps * 1e3:.2f}-"
               f"{max(t) / steps * 1e3:.2f}, {len(t)} epochs of {steps} steps)")
-    print(f"now / before: {statistics.median(now) / statistics.median(before):.2f}")
+    ratio = statistics.median(now) / statistics.median(earlier)
+    print(f"{label}, now / before: {ratio:.2f}")
+    return {"now_ms": round(statistics.median(now) / steps * 1e3, 3), "before_ms": round(statistics.median(earlier) / steps * 1e3, 3),
+            "ratio": round(ratio, 3), "bit_identical": same}
+
+
+def readout_setup(cfg: Config, data: Callable, n: int, rng: np.random.Generator):
+    """A context whose last phase is the readout, and ``n`` random cached 24576-d features."""
+    ctx = setup(with_training(cfg, readout_epochs=1), Data(data(n), data(10)), progress=False)
+    features = Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10)
+    return ctx, DeviceSource.place(features, ctx.mesh)
 
 
 def main() -> None:
@@ -238,14 +307,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--phases", default="unsupervised,features,readout", help="which to time, comma-separated")
     ap.add_argument("--profile", action="store_true", help="profile the unsupervised step at batch 10 instead")
-    ap.add_argument("--readout-ab", action="store_true", help="with the readout: also time, in turns with it, the readout "
-                    "step as it was before the batch gather moved into the step's branch and the dropout words were unrolled")
+    ap.add_argument("--ab", choices=sorted(BEFORE), help="instead of the timings: the unsupervised (batch 10) and readout "
+                    "epochs of --phases now and as before a change, in turns: 'gather' (27ed1af: the readout's batch gathered "
+                    "outside the step, rolled dropout words), 'sums' (6265f60: one-device all-reduces, the finite check)")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     if not phases <= {"unsupervised", "features", "readout"}:
         ap.error(f"--phases: expected names from unsupervised,features,readout, got {args.phases!r}")
-    if args.readout_ab and "readout" not in phases:
-        ap.error("--readout-ab times the readout: --phases must include readout")
+    if args.ab and not phases & {"unsupervised", "readout"}:
+        ap.error("--ab times the unsupervised and readout epochs: --phases must include one of them")
 
     cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
     macs = conv_macs(cfg.model.blocks, (32, 32, 3))
@@ -274,6 +344,23 @@ def main() -> None:
         return ips
 
     # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
+    if args.ab:
+        out["ab"] = {"before": args.ab}
+        if "unsupervised" in phases:
+            n = max(args.images // 10, 1) * 10
+            ctx = setup(with_training(cfg, mode="consecutive", unsup_batch_size=10), Data(data(n), data(10)), progress=False)
+            out["ab"]["unsupervised_batch_10"] = ab("unsupervised, 3 blocks plastic, batch 10", BEFORE[args.ab],
+                                                    epoch_of(ctx, 0, init_state(ctx)), args.repeats)
+            # as configured (successive): the last pass, conv3 plastic, the pipeline's longest phase
+            ctx = setup(cfg, Data(data(n), data(10)), progress=False)
+            out["ab"]["unsupervised_conv3_batch_10"] = ab("unsupervised, successive pass 3 (conv3 plastic), batch 10", BEFORE[args.ab],
+                                                          epoch_of(ctx, 2, init_state(ctx)), args.repeats)
+        if "readout" in phases:
+            ctx, features = readout_setup(cfg, data, args.readout_images, rng)
+            out["ab"]["readout"] = ab("readout", BEFORE[args.ab], epoch_of(ctx, len(ctx.phases) - 1, init_state(ctx), features),
+                                      args.repeats)
+        print(json.dumps(out))
+        return
     if "unsupervised" in phases:
         unsup = {}
         for bs in (int(b) for b in args.batches.split(",")):
@@ -298,22 +385,12 @@ def main() -> None:
     # -- readout epoch on cached features (the readout phase's own step and loop)
     if "readout" in phases:
         n = args.readout_images
-        ctx = setup(with_training(cfg, readout_epochs=1), Data(data(n), data(10)), progress=False)
-        state = init_state(ctx)
-        features = DeviceSource.place(Dataset(rng.normal(size=(n, 24576)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32), 10), ctx.mesh)
-        how = plan(ctx, Readout(), features)
-        opt, sup_opt = how.init_optimisers(state)
-        start = state.at(len(ctx.phases) - 1, jax.random.key(0, impl="rbg"), opt, sup_opt)
-        runner = features.runner(counted(how.step, n // how.batch_size), ctx.mesh)
-        readout = lambda run=runner: jax.block_until_ready(run_epochs(how.step, start, features, name="readout", batch_size=how.batch_size,
-                                                                      epochs=1, key=jax.random.key(1, impl="rbg"), mesh=ctx.mesh,
-                                                                      steps_per_chunk=cfg.training.steps_per_chunk, runner=run).params)
-        readout()  # compile
-        if args.readout_ab:
-            return readout_ab(readout, lambda: features.runner(counted(how.step, n // how.batch_size), ctx.mesh), n // how.batch_size,
-                              args.repeats)
-        secs = times(readout, args.repeats)
-        sec, steps = statistics.median(secs), n // how.batch_size
+        ctx, features = readout_setup(cfg, data, n, rng)
+        steps, make_runner, run = epoch_of(ctx, len(ctx.phases) - 1, init_state(ctx), features)
+        runner = make_runner()
+        run(runner)  # compiles
+        secs = times(lambda: run(runner), args.repeats)
+        sec = statistics.median(secs)
         out["readout_epoch_seconds_per_50k"] = round(sec * 50000 / n, 2)
         print(f"readout epoch on cached features (batch 64): {sec * 50000 / n:6.2f} s per 50k images ({n / sec:.0f} images/s; "
               f"{sec / steps * 1e3:.2f} ms a step, {min(secs) / steps * 1e3:.2f}-{max(secs) / steps * 1e3:.2f} over {len(secs)} epochs)")

@@ -227,3 +227,52 @@ def test_a_split_on_the_device_is_spread_over_the_devices_by_rows():
     assert r["batches"] and r["steps"] == 3 * (10 // 5)  # batch 5 (padded to 6) read from all three devices
     assert r["take"] and r["map"] and r["labels"] == list(range(10))
     assert r["exact_bytes"]  # float bytes (-0.0 included) and uint8 pixels as stored
+
+
+def test_a_sum_over_one_device_is_no_collective():
+    """On a one-device mesh the step wrappers run without JAX's varying-value checks and
+    ``parallel.psum`` / ``pmean`` return their input: XLA's CPU backend would keep an all-reduce
+    over the one device, a copy of the whole (e.g. 21 MB Hebbian) update every step. Where the
+    checks are on, the value is typed device-varying and the collective stays (JAX needs it to
+    type the result replicated); either way the result is the sum."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+
+    from hebbjax.train.parallel import AXIS, make_mesh, pmean, psum
+
+    mesh = make_mesh(jax.devices()[:1])
+    x = jnp.arange(12.0).reshape(4, 3)
+    for check in (False, True):
+        def body(v):
+            return psum(v.T @ v), pmean(v.sum(0))
+
+        fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(AXIS), out_specs=(P(), P()), check_vma=check))
+        total, mean = fn(x)
+        np.testing.assert_array_equal(np.asarray(total), np.asarray(x.T @ x))
+        np.testing.assert_array_equal(np.asarray(mean), np.asarray(x.sum(0)))
+        assert ("all-reduce" in fn.lower(x).compile().as_text()) == check, check
+
+
+@pytest.mark.parametrize("shape", [(7,), (24576, 10), (3, 3, 384, 1536)])
+def test_all_finite_sees_a_nan_or_inf_anywhere(shape):
+    """``all_finite`` is ``all(isfinite(a))`` exactly, also for arrays large enough that XLA's CPU
+    backend reduces them in its library kernels: one NaN or +-inf at the first, a middle or the
+    last element makes it False, and finite values near the float32 maximum (whose sum would
+    overflow) keep it True."""
+    import jax
+    import numpy as np
+
+    from hebbjax.train.plasticity import all_finite
+
+    check = jax.jit(all_finite)
+    n = int(np.prod(shape))
+    a = np.random.default_rng(0).normal(size=n).astype(np.float32)
+    assert bool(check({"w": a.reshape(shape)}))
+    assert bool(check({"w": np.full(shape, -3e38, np.float32), "b": np.float32(3e38)}))
+    for at in (0, n // 2, n - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[at] = bad
+            assert not bool(check({"w": b.reshape(shape), "ok": np.ones(3, np.float32)})), (at, bad)

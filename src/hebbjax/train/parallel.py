@@ -6,7 +6,8 @@ it, each process places only its own devices' rows); parameters and optimiser st
 replicated. A step function runs per device on its shard and
 reduces explicitly (``lax.psum`` of Hebbian updates, ``lax.pmean`` of gradients and BatchNorm
 statistics) *before* any non-linear post-processing, so the result equals single-device training
-on the same global batch.
+on the same global batch. On a mesh of one device the step wrappers run without JAX's
+varying-value checks and this module's :func:`psum` / :func:`pmean` are no collective at all.
 
 Many steps run inside one jit call (``lax.scan`` over a chunk of batches, gathered on the device
 from the device-resident dataset by :func:`scan_chunk`, or stacked on the host and copied ahead
@@ -39,6 +40,28 @@ def per_device(tree: Any) -> Any:
         return a if AXIS in _varying_axes(a) else jax.lax.pcast(a, (AXIS,), to="varying")
 
     return jax.tree_util.tree_map(cast, tree)
+
+
+def psum(tree: Any, axis_name: str = AXIS) -> Any:
+    """``lax.psum(tree, axis_name)``, with no collective at all over one device where JAX does not
+    type ``tree`` as device-varying: inside the step wrappers below, which run a one-device mesh
+    without JAX's varying-value checks (``check_vma=False``). XLA's CPU backend keeps an all-reduce
+    over one device, a full copy: 21 MB a step for conv3's Hebbian update in ``cifar_softhebb4``."""
+    from hebbjax.rules.hebbian import _varying_axes
+
+    def one(a):
+        if jax.lax.axis_size(axis_name) == 1 and axis_name not in _varying_axes(a):
+            return a  # a sum over one device (of a replicated value: a * 1)
+        return jax.lax.psum(a, axis_name)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def pmean(tree: Any, axis_name: str = AXIS) -> Any:
+    """``lax.pmean``, with no collective over one device as in :func:`psum` (``a / 1 == a``)."""
+    if jax.lax.axis_size(axis_name) == 1:
+        return psum(tree, axis_name)
+    return jax.lax.pmean(tree, axis_name)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -256,7 +279,7 @@ def scan_chunk(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
         gather = lambda i: gather_rows(data, i, devices)
         return jax.lax.scan(_skipping_padded(step, gather), carry, (idx, valid))
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()))
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()), check_vma=devices > 1)
     compiled = jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
     def run(carry, data, idx, valid):
@@ -280,7 +303,8 @@ def scan_batches(step: Callable, mesh: Mesh) -> Callable:
     def local(carry, batches, valid):
         return jax.lax.scan(_skipping_padded(step, lambda b: b), carry, (batches, valid))
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, AXIS), P()), out_specs=(P(), P()))
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, AXIS), P()), out_specs=(P(), P()),
+                            check_vma=mesh.devices.size > 1)
     compiled = jax.jit(sharded)
 
     def run(carry, batches, valid):

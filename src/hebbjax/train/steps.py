@@ -30,7 +30,7 @@ from hebbjax.data.loading import to_float
 from hebbjax.nn.layers import real_samples, threefry_key
 from hebbjax.rules import readout as readout_rules
 from hebbjax.train.build import BoundRule
-from hebbjax.train.parallel import AXIS, per_device
+from hebbjax.train.parallel import AXIS, per_device, pmean, psum
 from hebbjax.train.plasticity import all_finite, hebbian_updates
 from hebbjax.train.state import TrainState
 
@@ -66,7 +66,7 @@ def local_mean(v: jax.Array, valid: jax.Array | None, rows: int | None) -> jax.A
 def across(tree: Any, valid: jax.Array | None) -> Any:
     """The global value of the devices' shares (:func:`local_mean`, gradients of it): their mean
     when nothing is padded, else their sum."""
-    return jax.lax.pmean(tree, AXIS) if valid is None else jax.lax.psum(tree, AXIS)
+    return pmean(tree, AXIS) if valid is None else psum(tree, AXIS)
 
 
 def _gather(a: jax.Array) -> jax.Array:
