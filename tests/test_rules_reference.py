@@ -188,6 +188,19 @@ def test_winner_mask_ties_go_to_lowest_index():
     np.testing.assert_array_equal(winner_mask(u), [[0, 1, 0, 0], [1, 0, 0, 0]])
 
 
+def test_winner_mask_is_the_one_hot_argmax(rng):
+    """The same mask as ``one_hot(argmax(u))``, compiled, on a conv3-sized output (XLA's library
+    reductions) with many ties (values rounded to a coarse grid, rows of zeros, -inf, +inf)."""
+    u = np.round(rng.normal(size=(10, 8, 8, 1536)) * 2) / 2  # ~13 distinct values: ties in every row
+    u[0, 0] = 0.0
+    u[1, 1, 1, 7] = np.inf
+    u[2, 2, :, 5:] = -np.inf
+    u = jnp.asarray(u, jnp.float32)
+    expected = jax.nn.one_hot(jnp.argmax(u, axis=-1), u.shape[-1], dtype=u.dtype)
+    np.testing.assert_array_equal(jax.jit(winner_mask)(u), expected)
+    np.testing.assert_array_equal(jax.jit(winner_mask)(-u), jax.nn.one_hot(jnp.argmax(-u, axis=-1), u.shape[-1]))
+
+
 @pytest.mark.parametrize("rule", [softhebb, soft_wta, hard_wta, krotov])
 def test_y_u_decay_drives_norm_to_one(rng, assert_close, rule):
     """The decay rate y*u makes the norm-1 sphere the fixed point: for every neuron

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hebbjax.rules import Activations, Conv, Dense
+from hebbjax.rules import Activations, Conv, Dense, winner_mask
 from hebbjax.rules.linear import Array, window_views
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def apply_activation(name: str, param: float, u: Array) -> Array:
     if name == "sigmoid":
         return jax.nn.sigmoid(param * u)
     if name == "hard":
-        return jax.nn.one_hot(jnp.argmax(u, -1), u.shape[-1], dtype=u.dtype)
+        return winner_mask(u)
     if name == "kwta":
         return kwta(u, int(param))
     raise ValueError(f"activation: unknown {name!r}")
