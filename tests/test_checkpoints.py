@@ -122,6 +122,18 @@ def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(scenario, tmp_p
     assert results["resumed_from"] is not None and ref_results["resumed_from"] is None
     assert (results["test_accuracy"], results["train_accuracy"]) == (ref_results["test_accuracy"], ref_results["train_accuracy"])
     assert meta["phase"] == ref_meta["phase"] and meta["complete"]
+    # metrics.jsonl as read back: a record for every epoch of every phase; an epoch that ran whole
+    # in one process has the reference's means, one cut by a kill the mean of its resumed steps
+    from hebbjax.plot import read_metrics
+
+    def epochs(folder):
+        return {(r["phase_index"], r["epoch"]): r for r in read_metrics(folder / "metrics.jsonl") if r["event"] == "epoch"}
+
+    ref_epochs, got = epochs(tmp_path / "reference"), epochs(run_dir)
+    assert got.keys() == ref_epochs.keys() and len(got) > 2
+    without_time = lambda r: {k: v for k, v in r.items() if k != "time"}
+    for key, r in got.items():
+        assert without_time(r) == without_time(ref_epochs[key]) if "steps" not in r else 0 < r["steps"], (key, r, ref_epochs[key])
 
 
 # --------------------------------------------------------------------------- in-process checks

@@ -211,3 +211,18 @@ def test_an_optuna_search_on_the_digits_default_runs_its_trials(tmp_path):
     assert len(results) == 3 and best["best_value"] == pytest.approx(max(r["test_accuracy"] for r in results))
     assert len({r["config"]["model"]["blocks"][0]["lr"] for r in results}) == 3  # three different trials
     assert all(r["config"]["data"]["validation"] for r in results)  # the objective is the validation split
+
+
+def test_read_metrics_keeps_the_last_line_of_a_step_and_an_epochs_complete_mean(tmp_path):
+    """A resumed run appends: the steps after its checkpoint appear twice (the last line counts),
+    and an epoch cut by the kill gets a second mean over its resumed steps only (``steps``), which
+    must not replace the mean over all its steps; a half-written last line is skipped."""
+    from hebbjax.plot import read_metrics
+
+    lines = [{"event": "chunk", "phase_index": 0, "step": 7, "loss": 2.0}, {"event": "epoch", "phase_index": 0, "epoch": 0, "loss": 1.5},
+             {"event": "chunk", "phase_index": 0, "step": 7, "loss": 2.5}, {"event": "epoch", "phase_index": 0, "epoch": 0, "loss": 9.0, "steps": 3},
+             {"event": "epoch", "phase_index": 0, "epoch": 1, "loss": 0.5, "steps": 4}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"event": "chunk", "ste')
+    got = {(r["event"], r.get("step"), r.get("epoch")): r["loss"] for r in read_metrics(path)}
+    assert got == {("chunk", 7, None): 2.5, ("epoch", None, 0): 1.5, ("epoch", None, 1): 0.5}

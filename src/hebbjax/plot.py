@@ -217,16 +217,24 @@ def draw(ctx: Any, state: Any, folder: Path, prefix: str = "", diagnostics: dict
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (unreadable lines skipped; the last of a repeated step kept)."""
+    """The records of a ``metrics.jsonl`` (unreadable lines skipped; of a repeated step the last
+    kept, except that an epoch's mean over all its steps wins over a resumed run's mean over its
+    last ones, marked ``steps``)."""
     records: dict[tuple, dict] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                r = json.loads(line)
+                merge_record(records, json.loads(line))
             except ValueError:
                 continue
-            records[(r.get("event"), r.get("phase_index"), r.get("step"), r.get("epoch"))] = r
     return list(records.values())
+
+
+def merge_record(records: dict[tuple, dict], r: dict[str, Any]) -> None:
+    """Add ``r`` to ``records`` (keyed by event, phase, step, epoch) as :func:`read_metrics` keeps them."""
+    key = (r.get("event"), r.get("phase_index"), r.get("step"), r.get("epoch"))
+    if not ("steps" in r and key in records and "steps" not in records[key]):
+        records[key] = r
 
 
 def draw_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

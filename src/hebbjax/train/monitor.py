@@ -6,12 +6,14 @@ The step functions compute the metrics on the device; the monitor only averages 
 - ``{"event": "chunk", "phase", "phase_index", "epoch", "step", "time", "images_per_second",
   <the chunk's mean of every step metric: loss, accuracy, reward, ...>, "diagnostics": {...}}``
   (diagnostics every ``logging.diagnostics_every`` chunks, :mod:`hebbjax.train.diagnostics`);
-- ``{"event": "epoch", "phase", "epoch", "loss", "accuracy", ...}``: the means over each epoch;
+- ``{"event": "epoch", "phase", "epoch", "loss", "accuracy", ...}``: the means over each epoch
+  (with ``"steps"``, how many of its last steps, when the run was resumed within that epoch);
 - ``{"event": "phase", ...}`` at the end of a phase (seconds, final diagnostics), and
   ``{"event": "results", ...}`` last.
 
 Each line is written whole by one ``write``; a resumed run appends, so lines of the steps between
-the last checkpoint and a kill appear twice (readers keep the last line of a ``(phase, step)``).
+the last checkpoint and a kill appear twice (readers keep the last line of a ``(phase, step)``,
+but an epoch's complete mean over a resumed one: :func:`hebbjax.plot.read_metrics`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,13 @@ class Monitor:
         self.run_dir = None if run_dir is None or not is_primary() else Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl" if self.run_dir is not None and self.log_cfg.metrics else None
         self.start = time.perf_counter()
-        self.history: list[dict[str, Any]] = []  # epoch and phase records: the accuracy curves
+        self._history: dict[tuple, dict[str, Any]] = {}  # epoch and phase records: the accuracy curves
+        if getattr(cfg, "resume", None) is not None and self.path is not None and self.path.is_file():
+            from hebbjax.plot import read_metrics  # a resumed run's curves start at its first epoch
+
+            for r in read_metrics(self.path):
+                if r.get("event") in ("epoch", "phase"):
+                    self._merge(r)
         self.last_diagnostics: dict[str, Any] = {}
         self.wandb = _wandb_run(cfg, self.run_dir, config) if self.log_cfg.wandb.enabled and self.run_dir is not None else None
         self.global_step = 0
@@ -69,7 +77,7 @@ class Monitor:
     def write(self, record: dict[str, Any]) -> None:
         record = {**record, "time": round(time.perf_counter() - self.start, 3)}
         if record["event"] in ("epoch", "phase"):
-            self.history.append(record)
+            self._merge(record)
         if self.path is not None:
             line = (json.dumps(record, default=float) + "\n").encode()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -79,6 +87,15 @@ class Monitor:
                 os.close(fd)
         if self.wandb is not None and record["event"] in ("chunk", "epoch"):
             _safe(self.wandb.log, _flatten(record), step=self.global_step)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self._history.values())
+
+    def _merge(self, record: dict[str, Any]) -> None:
+        from hebbjax.plot import merge_record
+
+        merge_record(self._history, record)
 
     def chunk_callback(self, ctx: Context, p: int, how: Plan, total: int) -> Any:
         """The :func:`~hebbjax.train.loop.run_epochs` callback of phase ``p``."""
@@ -108,15 +125,20 @@ class Monitor:
             every = self.log_cfg.diagnostics_every
             if probe is not None and every and state_of["chunks"] % every == 0:
                 record["diagnostics"] = self.diagnostics(diagnose, chunk.state, probe)
+            per_epoch = max(chunk.steps_per_epoch, 1)
             for s, step in enumerate(range(first, chunk.done)):  # per-epoch means
-                epoch = step // max(chunk.steps_per_epoch, 1)
+                epoch = step // per_epoch
                 for k, v in metrics.items():
                     if v.ndim == 1:
                         sums[epoch][k] += float(v[s])
                 counts[epoch] += 1
-                if counts[epoch] == chunk.steps_per_epoch:
-                    self.write({"event": "epoch", "phase": phase.name, "phase_index": p, "epoch": epoch,
-                                **{k: v / counts[epoch] for k, v in sums.pop(epoch, {}).items()}})
+                if step % per_epoch == per_epoch - 1:  # the epoch's last step
+                    record_epoch = {"event": "epoch", "phase": phase.name, "phase_index": p, "epoch": epoch,
+                                    **{k: v / counts[epoch] for k, v in sums.pop(epoch, {}).items()}}
+                    if counts[epoch] < per_epoch:  # resumed within the epoch: the mean of the steps since
+                        record_epoch["steps"] = counts[epoch]
+                    self.write(record_epoch)
+                    counts.pop(epoch)
             self.write(record)
 
         callback.probe, callback.diagnose = probe, diagnose
