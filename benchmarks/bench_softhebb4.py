@@ -359,7 +359,7 @@ def main() -> None:
         print(f"{label}: {ips:7.1f} images/s  ({flop_per_image * ips / 1e9:6.1f} GFLOP/s, {flop_per_image * ips / 1e9 / peak:.0%} of matmul)")
         return ips
 
-    # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
+    # -- --ab: epochs now and before a change, in turns (instead of the timings below)
     if args.ab:
         out["ab"] = {"before": args.ab}
         if "unsupervised" in phases:
@@ -379,6 +379,8 @@ def main() -> None:
                                       args.repeats)
         print(json.dumps(out))
         return
+
+    # -- unsupervised: all blocks plastic (consecutive mode: one phase), one update per mini-batch
     if "unsupervised" in phases:
         unsup = {}
         for bs in (int(b) for b in args.batches.split(",")):
