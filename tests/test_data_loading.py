@@ -379,6 +379,20 @@ def test_stream_forwards_producer_errors():
         next(s)
 
 
+def test_a_dtype_the_dataset_is_not_stored_in_is_refused_before_anything_is_read(tmp_path):
+    """float32, or the stored dtype (uint8 pixels; the digits are stored as float32), from both
+    readers; the archives of the missing folder are never looked for."""
+    for read in (lambda **kw: load(**kw), lambda **kw: stream(batch_size=4, **kw)):
+        with pytest.raises(ValueError, match=r"dtype: 'digits' cannot be returned as uint8 \(it is stored as float32\)"):
+            read(name="digits", split="train", dtype="uint8")
+        with pytest.raises(ValueError, match=r"dtype: 'cifar10' cannot be returned as float16 .*expected 'float32' or 'uint8'"):
+            read(name="cifar10", split="train", dtype="float16", data_dir=tmp_path / "missing", tfds_dir=tmp_path / "tfds")
+        with pytest.raises(ValueError, match=r"dtype: expected 'float32' or 'uint8', got 'pixels'"):
+            read(name="cifar10", split="train", dtype="pixels", data_dir=tmp_path / "missing", tfds_dir=tmp_path / "tfds")
+    images, _ = next(stream("digits", "train", 4, dtype="float32"))
+    assert images.dtype == np.float32
+
+
 @pytest.mark.parametrize("normalization", ["unit", "imagenet"])
 def test_to_float_on_the_device_equals_the_host_for_every_value(normalization):
     import jax

@@ -21,7 +21,7 @@ Pixel conventions (as SoftHebb's data pipelines, Journé et al., ICLR 2023, and 
 STL-10 ``unlabelled`` (100k images) is returned as **uint8** by default (2.8 GB
 instead of 11 GB as float32); convert batches on the device with
 :meth:`Dataset.to_float`, which is a no-op on float input, so training code can
-call it unconditionally. ``dtype="uint8"`` does the same for any dataset (e.g.
+call it unconditionally. ``dtype="uint8"`` does the same for any dataset of pixels (e.g.
 ImageNette train: 0.7 GB instead of 2.9 GB). ImageNet is only streamed
 (:func:`stream`).
 """
@@ -235,6 +235,19 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data, bunch.target
 
 
+def _out_dtype(spec: DatasetSpec, dtype: str | np.dtype | None, default: np.dtype) -> np.dtype:
+    """The images' dtype asked for, checked before anything is read: float32, or the dtype the
+    dataset is stored in (uint8 pixels; the bundled digits are stored as float32 already)."""
+    stored = np.dtype(np.float32) if spec.name == "digits" else np.dtype(np.uint8)
+    try:
+        out = np.dtype(dtype) if dtype is not None else default
+    except TypeError:
+        raise ValueError(f"dtype: expected 'float32' or '{stored}', got {dtype!r}") from None
+    if out not in (np.dtype(np.float32), stored):
+        raise ValueError(f"dtype: {spec.name!r} cannot be returned as {out} (it is stored as {stored}); expected 'float32' or '{stored}'")
+    return out
+
+
 @functools.cache
 def _digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     pixels, target = _digits_arrays()
@@ -402,7 +415,7 @@ def load(
         :func:`hebbjax.data.preparation.prepare`.
       dtype: "float32" or "uint8" (raw pixels, see :meth:`Dataset.to_float`);
         default float32, except uint8 for STL-10 ``unlabelled``. Digits are
-        always float32.
+        stored as float32: ``"uint8"`` is refused for them (a ValueError, as is any other dtype).
       cache: keep decoded arrays as .npy next to the prepared dataset; a cached
         split's uint8 images come back memory-mapped (copy on write): only the
         rows indexed are read from disk.
@@ -418,6 +431,7 @@ def load(
             f"hebbjax.data.stream({spec.name!r}, split, batch_size) instead"
         )
     read_split, report_split, part = _resolve_split(spec, split, validation)
+    out_dtype = _out_dtype(spec, dtype, np.dtype(np.uint8) if split in spec.uint8_splits else np.dtype(np.float32))
     if spec.name == "digits":
         images, labels = _digits()[read_split]
         class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
@@ -437,15 +451,8 @@ def load(
         fit, held_out = validation_split(len(labels), seed)
         index = held_out if part else fit
         images, labels = images[index], labels[index]
-    out_dtype = (
-        np.dtype(dtype)
-        if dtype is not None
-        else (np.dtype(np.uint8) if split in spec.uint8_splits else np.dtype(np.float32))
-    )
     if images.dtype == np.uint8 and out_dtype == np.float32:
         images = _to_float_chunked(images, spec.normalization)
-    elif images.dtype != out_dtype:
-        raise ValueError(f"{spec.name!r} cannot be returned as {out_dtype} (it is {images.dtype})")
     return Dataset(
         images=images,
         labels=labels.astype(np.int32, copy=False),
@@ -624,7 +631,7 @@ def stream(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     spec = get_spec(name)
     read_split, _, part = _resolve_split(spec, split, validation)
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+    out_dtype = _out_dtype(spec, dtype, np.dtype(np.float32))
     threads = num_threads or min(8, os.cpu_count() or 1)
     if spec.name == "digits":
         images, labels = _digits()[read_split]
