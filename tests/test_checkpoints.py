@@ -124,7 +124,7 @@ def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(scenario, tmp_p
     assert meta["phase"] == ref_meta["phase"] and meta["complete"]
     # metrics.jsonl as read back: a record for every epoch of every phase; an epoch that ran whole
     # in one process has the reference's means, one cut by a kill the mean of its resumed steps
-    from hebbjax.plot import read_metrics
+    from hebbjax.train.monitor import read_metrics
 
     def epochs(folder):
         return {(r["phase_index"], r["epoch"]): r for r in read_metrics(folder / "metrics.jsonl") if r["event"] == "epoch"}

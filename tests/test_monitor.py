@@ -217,7 +217,7 @@ def test_read_metrics_keeps_the_last_line_of_a_step_and_an_epochs_complete_mean(
     """A resumed run appends: the steps after its checkpoint appear twice (the last line counts),
     and an epoch cut by the kill gets a second mean over its resumed steps only (``steps``), which
     must not replace the mean over all its steps; a half-written last line is skipped."""
-    from hebbjax.plot import read_metrics
+    from hebbjax.train.monitor import read_metrics
 
     lines = [{"event": "chunk", "phase_index": 0, "step": 7, "loss": 2.0}, {"event": "epoch", "phase_index": 0, "epoch": 0, "loss": 1.5},
              {"event": "chunk", "phase_index": 0, "step": 7, "loss": 2.5}, {"event": "epoch", "phase_index": 0, "epoch": 0, "loss": 9.0, "steps": 3},

@@ -17,7 +17,6 @@ wandb too.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -216,27 +215,6 @@ def draw(ctx: Any, state: Any, folder: Path, prefix: str = "", diagnostics: dict
     return paths + ([curve] if curve is not None else [])
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (unreadable lines skipped; of a repeated step the last
-    kept, except that an epoch's mean over all its steps wins over a resumed run's mean over its
-    last ones, marked ``steps``)."""
-    records: dict[tuple, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                merge_record(records, json.loads(line))
-            except ValueError:
-                continue
-    return list(records.values())
-
-
-def merge_record(records: dict[tuple, dict], r: dict[str, Any]) -> None:
-    """Add ``r`` to ``records`` (keyed by event, phase, step, epoch) as :func:`read_metrics` keeps them."""
-    key = (r.get("event"), r.get("phase_index"), r.get("step"), r.get("epoch"))
-    if not ("steps" in r and key in records and "steps" not in records[key]):
-        records[key] = r
-
-
 def draw_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """The pictures of a finished (or checkpointed) run, from its checkpoint and metrics."""
     from hebbjax.config import from_dict, resolve
@@ -244,6 +222,7 @@ def draw_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     from hebbjax.train import diagnostics as diag
     from hebbjax.train.checkpoint import Checkpoints
     from hebbjax.train.fit import setup
+    from hebbjax.train.monitor import read_metrics
 
     run_dir = Path(run_dir)
     raw, meta = Checkpoints(run_dir, read_only=True).restore_raw()

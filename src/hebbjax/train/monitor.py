@@ -13,7 +13,7 @@ The step functions compute the metrics on the device; the monitor only averages 
 
 Each line is written whole by one ``write``; a resumed run appends, so lines of the steps between
 the last checkpoint and a kill appear twice (readers keep the last line of a ``(phase, step)``,
-but an epoch's complete mean over a resumed one: :func:`hebbjax.plot.read_metrics`).
+but an epoch's complete mean over a resumed one: :func:`read_metrics`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,27 @@ def _plain(tree: Any) -> Any:
     return value.item() if value.size == 1 else value.tolist()
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (unreadable lines skipped; of a repeated step the last
+    kept, except that an epoch's mean over all its steps wins over a resumed run's mean over its
+    last ones, marked ``steps``)."""
+    records: dict[tuple, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                merge_record(records, json.loads(line))
+            except ValueError:
+                continue
+    return list(records.values())
+
+
+def merge_record(records: dict[tuple, dict], r: dict[str, Any]) -> None:
+    """Add ``r`` to ``records`` (keyed by event, phase, step, epoch) as :func:`read_metrics` keeps them."""
+    key = (r.get("event"), r.get("phase_index"), r.get("step"), r.get("epoch"))
+    if not ("steps" in r and key in records and "steps" not in records[key]):
+        records[key] = r
+
+
 class Monitor:
     """Records one run (in ``run_dir``; None: console only)."""
 
@@ -65,9 +86,7 @@ class Monitor:
         self.start = time.perf_counter()
         self._history: dict[tuple, dict[str, Any]] = {}  # epoch and phase records: the accuracy curves
         if getattr(cfg, "resume", None) is not None and self.path is not None and self.path.is_file():
-            from hebbjax.plot import read_metrics  # a resumed run's curves start at its first epoch
-
-            for r in read_metrics(self.path):
+            for r in read_metrics(self.path):  # a resumed run's curves start at its first epoch
                 if r.get("event") in ("epoch", "phase"):
                     self._merge(r)
         self.last_diagnostics: dict[str, Any] = {}
@@ -93,8 +112,6 @@ class Monitor:
         return list(self._history.values())
 
     def _merge(self, record: dict[str, Any]) -> None:
-        from hebbjax.plot import merge_record
-
         merge_record(self._history, record)
 
     def chunk_callback(self, ctx: Context, p: int, how: Plan, total: int) -> Any:
