@@ -237,8 +237,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _out_dtype(spec: DatasetSpec, dtype: str | np.dtype | None, default: np.dtype) -> np.dtype:
     """The images' dtype asked for, checked before anything is read: float32, or the dtype the
-    dataset is stored in (uint8 pixels; the bundled digits are stored as float32 already)."""
-    stored = np.dtype(np.float32) if spec.name == "digits" else np.dtype(np.uint8)
+    dataset is stored in (``spec.stored_dtype``: uint8 pixels, float32 for the bundled digits)."""
+    stored = np.dtype(spec.stored_dtype)
     try:
         out = np.dtype(dtype) if dtype is not None else default
     except TypeError:

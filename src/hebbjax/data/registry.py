@@ -69,6 +69,8 @@ class DatasetSpec:
       in_memory: False for datasets too large for :func:`load` (use ``stream``).
       uint8_splits: splits that :func:`load` returns as uint8 by default (memory).
       manual_only: True when tfds cannot download the archives (ImageNet).
+      stored_dtype: the dtype its images are stored in, the one besides float32 that
+        :func:`hebbjax.data.load` and :func:`hebbjax.data.stream` can return (uint8 pixels).
     """
 
     name: str
@@ -83,6 +85,7 @@ class DatasetSpec:
     in_memory: bool = True
     uint8_splits: tuple[str, ...] = ()
     manual_only: bool = False
+    stored_dtype: str = "uint8"
 
     @property
     def tfds_name(self) -> str:
@@ -118,6 +121,7 @@ DATASETS: dict[str, DatasetSpec] = {
             num_classes=10,
             image_shape=(8, 8, 1),
             splits=_TRAIN_TEST,
+            stored_dtype="float32",  # 0..16 scaled to [0, 1] exactly
         ),
         DatasetSpec(
             name="mnist",

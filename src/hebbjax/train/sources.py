@@ -205,19 +205,20 @@ class StreamSource:
 
     @classmethod
     def from_stream(cls, name: str, split: str, **stream_kwargs) -> StreamSource:
-        """A named dataset split read with :func:`hebbjax.data.stream` as uint8 (``stream_kwargs``:
+        """A named dataset split read with :func:`hebbjax.data.stream` in the dtype it is stored in
+        (uint8 pixels: 4x fewer bytes to the device than float32; ``stream_kwargs``:
         ``data_dir``, ``validation``, ``seed`` of the validation split, ``limit``, ...). Prepares it first."""
         from hebbjax.data import get_spec, stream
 
         spec = get_spec(name)
-        kwargs = {"dtype": "uint8", **stream_kwargs}
+        kwargs = {"dtype": spec.stored_dtype, **stream_kwargs}
         with stream(name, split, 1, epochs=0, **kwargs) as probe:  # prepares; counts the split
             n = probe.num_examples
 
         def read(batches):
             return stream(name, split, 1, order=batches, **kwargs)
 
-        return cls(read, n, spec.image_shape, spec.num_classes, spec.normalization)
+        return cls(read, n, spec.image_shape, spec.num_classes, spec.normalization, np.dtype(kwargs["dtype"]))
 
     def runner(self, step: Callable, mesh: Mesh) -> Runner:
         return scan_batches(step, mesh)
