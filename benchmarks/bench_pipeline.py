@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hebbjax.config import check
-from hebbjax.run import compose_config
+from hebbjax.run import compose_config, machine, package_versions
 
 from bench_softhebb4 import conv_macs, matmul_gflops, timed
 
@@ -109,7 +109,7 @@ def main() -> None:
     print(json.dumps({"experiment": args.experiment, "train": args.train, "test": args.test, "overrides": args.overrides,
                       "wall_s": wall, "seconds": results["seconds"], "peak_rss_gb": peak_rss_gb, "test_accuracy": results["test_accuracy"],
                       "matmul_gflops": [gflops_before, gflops_after], "bandwidth_gbs": gbs, **f, "floor_s": total_floor,
-                      "ratio": wall / total_floor, "jax": jax.__version__}))
+                      "ratio": wall / total_floor, "jax": jax.__version__, "packages": package_versions(), "host": machine()}))
 
 
 if __name__ == "__main__":

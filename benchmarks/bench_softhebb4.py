@@ -20,7 +20,7 @@ With ``--ab NAME``: instead, the unsupervised epoch (batch 10) and the readout e
 code as it was before a change (``BEFORE``: ``gather``, up to commit 27ed1af; ``sums``, up to
 6265f60; ``winner``, up to 9c50a9b), compiled side by side and timed in turns in one process (``ab``).
 
-    python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3]
+    python benchmarks/bench_softhebb4.py [--images 1000] [--batches 10,64,256] [--eval-batch config,20,100] [--repeats 3] [overrides ...]
                                          [--phases unsupervised,features,readout]
     python benchmarks/bench_softhebb4.py --profile [--images 500]
     python benchmarks/bench_softhebb4.py --ab sums [--phases unsupervised,readout] [--images 300] [--readout-images 5000] [--repeats 9]
@@ -56,7 +56,7 @@ import numpy as np
 
 from hebbjax.config import Config, conv_out, parse_pool
 from hebbjax.data import Dataset
-from hebbjax.run import compose_config
+from hebbjax.run import compose_config, machine, package_versions
 from hebbjax.train import Data, DeviceSource, evaluate, init_state, run_epochs, run_phase, setup
 from hebbjax.train.loop import counted
 from hebbjax.train.protocol import plan
@@ -326,6 +326,7 @@ def main() -> None:
                     "epochs of --phases now and as before a change, in turns: 'gather' (27ed1af: the readout's batch gathered "
                     "outside the step, rolled dropout words), 'sums' (6265f60: one-device all-reduces, the finite check), "
                     "'winner' (9c50a9b: the soft-WTA's winner by argmax)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.matmul_dtype=bfloat16")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     if not phases <= {"unsupervised", "features", "readout"}:
@@ -333,7 +334,7 @@ def main() -> None:
     if args.ab and not phases & {"unsupervised", "readout"}:
         ap.error("--ab times the unsupervised and readout epochs: --phases must include one of them")
 
-    cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false")
+    cfg = compose_config("+experiment=cifar_softhebb4", "logging.progress=false", *args.overrides)
     macs = conv_macs(cfg.model.blocks, (32, 32, 3))
     fwd_flop = 2 * sum(macs)
     rng = np.random.default_rng(0)
@@ -341,6 +342,7 @@ def main() -> None:
     out = {
         "machine": platform.machine(), "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__, "matmul_gflops": round(peak, 1), "forward_gflop_per_image": round(fwd_flop / 1e9, 3),
+        "overrides": args.overrides, "packages": package_versions(), "host": machine(),
     }
     print(f"backend={out['backend']} devices={len(jax.devices())} jax={jax.__version__}")
     print(f"float32 matmul (best of 1024^3, 2048^3, 4096^3): {peak:.0f} GFLOP/s; forward {fwd_flop / 1e9:.2f} GFLOP/image, unsupervised step ~2x that")

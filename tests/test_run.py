@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -151,6 +152,8 @@ def test_multirun_writes_results_json_per_seed_and_prints_summary_last(tmp_path)
             assert key in res, key
         for phase in ("unsupervised", "feature_extraction", "readout", "total"):
             assert res["seconds"][phase] >= 0
+        assert res["packages"]["jax"] == jax.__version__ and res["packages"]["flax"] == flax.__version__
+        assert res["machine"]["cores"] == os.cpu_count()
         assert res["train_samples"] == 400 and res["test_samples"] == 450
         assert res["config"]["training"]["readout_epochs"] == 5 and res["config"]["seed"] == res["seed"]
         assert 0.5 < res["test_accuracy"] <= 1.0  # a Hebbian net + 5 readout epochs on digits is far above chance

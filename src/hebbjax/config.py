@@ -125,6 +125,12 @@ class ModelConfig:
     blocks: list[BlockConfig] = field(default_factory=list)
     classifier_dropout: float = 0.5
     name: str = "network"
+    # float32 | bfloat16: the inputs of every block's matrix products (forward, Hebbian correlation,
+    # backprop's gradients) rounded to bfloat16, accumulated in float32; weights, updates, the
+    # readout and everything else stay float32 (hebbjax.rules.matmul; ~1.9x the forward GEMM rate
+    # on this project's AVX-512 BF16 CPU, measured in benchmarks/README.md; its effect on
+    # accuracy: experiments/README.md)
+    matmul_dtype: str = "float32"
 
 
 @dataclass
@@ -516,6 +522,7 @@ def check_config(cfg: Config, input_shape: tuple[int, ...]) -> list[tuple[int, .
         if getattr(t, name) < 0:
             raise ConfigError(f"training.{name}: expected >= 0, got {getattr(t, name)}")
     _check_reward(cfg)
+    _choice("model.matmul_dtype", cfg.model.matmul_dtype, ("float32", "bfloat16"))
     if not 0.0 <= cfg.model.classifier_dropout < 1.0:
         raise ConfigError(f"model.classifier_dropout: expected a probability in [0, 1), got {cfg.model.classifier_dropout}")
     _check_readout(cfg)

@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hebbjax.config import Config, ConfigError, check, differences, resolve, to_dataclass
+from hebbjax.config import Config, ConfigError, check, differences, from_dict, resolve, to_dataclass
 
 CONF_DIR = os.environ.get("HEBBJAX_CONF_DIR", str(Path(__file__).resolve().parent / "conf"))
 RESULTS = "results.json"
@@ -48,6 +48,38 @@ def compose_config(*overrides: str) -> Config:
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return to_dataclass(compose(config_name="config", overrides=list(overrides)))
+
+
+#: The installed packages whose versions a result depends on (results.json's ``packages``): a
+#: fresh install resolves the lower bounds of pyproject.toml to whatever the registry holds then.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "tensorflow-datasets", "array-record", "orbax-checkpoint")
+
+
+def package_versions() -> dict[str, str | None]:
+    """``{package: installed version}`` of :data:`PACKAGES` (None when not installed)."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in PACKAGES}
+
+
+def machine() -> dict[str, Any]:
+    """The host: architecture, cores and, on Linux, the CPU's name, family and model (XLA compiles
+    for the host's CPU, so another model can round differently)."""
+    out: dict[str, Any] = {"arch": platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return out
+    names = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu_model", "stepping": "cpu_stepping"}
+    out.update({names[k.strip()]: v.strip() for k, v in fields.items() if k.strip() in names})
+    return out
 
 
 def load_data(cfg: Config):
@@ -128,13 +160,24 @@ def open_checkpoints(cfg: Config, run_dir: Path):
     checkpoints = Checkpoints(run_dir, every_minutes=c.every_minutes, keep=c.keep)
     metas = checkpoints.metas()
     if cfg.resume is not None and metas:
-        changed = differences(metas[0][1]["config"], dataclasses.asdict(resolve(cfg)))
+        changed = differences(_with_defaults(metas[0][1]["config"]), dataclasses.asdict(resolve(cfg)))
         if changed:
             raise ConfigError(f"resume: the checkpoints in {folder} were written by a different config; keys that differ "
                               f"(checkpoint != now): " + "; ".join(changed))
     elif cfg.resume is not None:
         log.warning("resume: no complete checkpoint in %s; starting from the beginning", folder)
     return checkpoints
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys added to the schema since it was written at their
+    defaults (a run checkpointed before ``model.matmul_dtype`` existed resumes); as stored when it
+    no longer fits the schema (the comparison then names the keys)."""
+    try:
+        return dataclasses.asdict(from_dict(stored))
+    except (ConfigError, ValueError, TypeError, KeyError) as err:
+        log.debug("resume: the checkpoint's config does not fit the current schema (%s)", err)
+        return stored
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
@@ -186,6 +229,8 @@ def run(cfg: Config, output_dir: Path, resolved: dict[str, Any] | None = None) -
             "seed": cfg.seed,
             **results,
             "jax_version": jax.__version__,
+            "packages": package_versions(),
+            "machine": machine(),
             "devices": [str(d) for d in jax.devices()],
             "backend": jax.default_backend(),
             "python": platform.python_version(),

@@ -425,6 +425,7 @@ class HebbianDense(nn.Module):
     patch_sum_to: float | None = None
     kernel_init: Callable = torch_default_init
     frozen: bool = False  # no gradient flows into the kernel (Hebbian-trained or fixed)
+    matmul_dtype: str = "float32"  # bfloat16: the products' inputs rounded (hebbjax.rules.matmul)
 
     @nn.compact
     def __call__(self, x: Array) -> Activations:
@@ -440,10 +441,11 @@ def _dense_activations(mod: nn.Module, x: Array) -> Activations:
     bias = mod.param("bias", nn.initializers.zeros, (mod.features,)) if mod.use_bias else None
     if mod.frozen:
         kernel, bias = jax.lax.stop_gradient((kernel, bias))
-    u = x @ (jnp.log(kernel) if mod.log_weight else kernel)
+    lin = Dense(matmul_dtype=mod.matmul_dtype)
+    u = lin(jnp.log(kernel) if mod.log_weight else kernel, x)
     if bias is not None:
         u = u + bias
-    return Activations(Dense(), x, u)
+    return Activations(lin, x, u)
 
 
 class HebbianConv(nn.Module):
@@ -469,12 +471,13 @@ class HebbianConv(nn.Module):
     implementation: str = "auto"
     kernel_init: Callable = torch_default_init
     frozen: bool = False
+    matmul_dtype: str = "float32"  # bfloat16: the products' inputs rounded (hebbjax.rules.matmul)
 
     def linear_map(self) -> Conv:
         return Conv(
             strides=self.strides, padding=self.padding, dilation=self.dilation,
             feature_group_count=self.feature_group_count, padding_mode=self.padding_mode,
-            implementation=self.implementation,
+            implementation=self.implementation, matmul_dtype=self.matmul_dtype,
         )
 
     @nn.compact

@@ -13,7 +13,7 @@ from hebbjax.rules.dopamine import (
     three_factor,
 )
 from hebbjax.rules.hebbian import correlation, hebbian_update, per_neuron_sum
-from hebbjax.rules.linear import Activations, Conv, Dense, LinearMap, kernel_of, observe
+from hebbjax.rules.linear import Activations, Conv, Dense, LinearMap, kernel_of, matmul, observe
 from hebbjax.rules.plasticity import (
     SparseTopKState,
     hard_wta,

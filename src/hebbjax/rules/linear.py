@@ -13,7 +13,7 @@ last axis** of the kernel and of ``u``, and competition between neurons runs ove
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, Protocol, Union
 
 import jax
@@ -69,6 +69,86 @@ def check_finite(arg: str, value: Array) -> None:
         raise FloatingPointError(f"{arg}: contains NaN or inf values")
 
 
+MatmulDtype = Literal["float32", "bfloat16"]
+_MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def _check_matmul_dtype(value: str) -> None:
+    if value not in _MATMUL_DTYPES:
+        raise ValueError(f"matmul_dtype: expected one of {sorted(_MATMUL_DTYPES)}, got {value!r}")
+
+
+def rounded_inputs(f: Callable[[Array, Array, Any], Array], matmul_dtype: MatmulDtype) -> Callable[[Array, Array], Array]:
+    """A bilinear map ``u = f(kernel, x, out_dtype)`` whose products take inputs rounded to ``matmul_dtype``.
+
+    ``u = f(round(kernel), round(x))``, accumulated and returned in the inputs' float type; the
+    cotangents ``dL/dkernel`` (the Hebbian correlation, backprop's weight gradient) and ``dL/dx``
+    are ``f``'s transposes at the rounded inputs applied to the rounded cotangent, computed in
+    the inputs' type (a transposed convolution in bfloat16 would also sum the overlapping
+    windows in bfloat16). For convolutions and grouped products; the plain matrix product of the
+    patches form is :func:`matmul`. ``"float32"``: ``f`` itself.
+    """
+    _check_matmul_dtype(matmul_dtype)
+    low = _MATMUL_DTYPES[matmul_dtype]
+    if low is None:
+        return lambda kernel, x: f(kernel, x, None)
+
+    def apply(kernel: Array, x: Array) -> Array:
+        @jax.custom_vjp
+        def g(kernel, x):
+            return f(kernel.astype(low), x.astype(low), jnp.result_type(kernel, x))
+
+        def g_fwd(kernel, x):
+            return g(kernel, x), (kernel.astype(low), x.astype(low))
+
+        def g_bwd(res, ct):
+            k, v = (r.astype(jnp.result_type(kernel, x)) for r in res)  # exact: bfloat16 values in float32
+            dk, dv = jax.vjp(lambda k, v: f(k, v, None), k, v)[1](ct.astype(low).astype(ct.dtype))
+            return dk.astype(kernel.dtype), dv.astype(x.dtype)
+
+        g.defvjp(g_fwd, g_bwd)
+        return g(kernel, x)
+
+    return apply
+
+
+def matmul(a: Array, b: Array, matmul_dtype: MatmulDtype = "float32") -> Array:
+    """``a @ b`` for a 2-d ``a`` (rows x in) and ``b`` (in x out), its inputs rounded to ``matmul_dtype``.
+
+    ``"bfloat16"``: ``round(a) @ round(b)`` accumulated in float32 and returned in the inputs'
+    float type, and so are its cotangents, ``round(a)^T round(g)`` (the Hebbian correlation of a
+    layer, backprop's weight gradient) and ``round(g) round(b)^T``; weights, updates and
+    everything else stay float32. On an AVX-512 BF16 CPU, XLA runs the forward product at ~1.9x
+    the float32 rate; it converts the transposed products' operands to float32 (the same
+    numbers: a product of two bfloat16 values is exact in float32), so those run at float32's
+    rate (benchmarks/README.md). (JAX's own derivative of the rounded product would also round
+    the correlation itself to bfloat16.)
+    """
+    _check_matmul_dtype(matmul_dtype)
+    low = _MATMUL_DTYPES[matmul_dtype]
+    if low is None:
+        return jnp.matmul(a, b)
+    out = jnp.result_type(a, b)
+    rows, cols = (((1,), (0,)), ((), ())), (((0,), (0,)), ((), ()))
+
+    @jax.custom_vjp
+    def product(a, b):
+        return jax.lax.dot_general(a.astype(low), b.astype(low), rows, preferred_element_type=out)
+
+    def product_fwd(a, b):
+        return product(a, b), (a.astype(low), b.astype(low))
+
+    def product_bwd(res, g):
+        a16, b16 = res
+        g16 = g.astype(low)
+        da = jax.lax.dot_general(g16, b16, (((1,), (1,)), ((), ())), preferred_element_type=out)  # g b^T
+        db = jax.lax.dot_general(a16, g16, cols, preferred_element_type=out)  # a^T g
+        return da.astype(a.dtype), db.astype(b.dtype)
+
+    product.defvjp(product_fwd, product_bwd)
+    return product(a, b)
+
+
 @struct.dataclass
 class Dense:
     """``u = x @ kernel`` with ``kernel`` of shape ``(in, out)`` and ``x`` of shape ``(batch, ..., in)``.
@@ -77,12 +157,18 @@ class Dense:
     """
 
     kernel_rank: int = struct.field(pytree_node=False, default=2)
+    matmul_dtype: MatmulDtype = struct.field(pytree_node=False, default="float32")  # see :func:`matmul`
+
+    def __post_init__(self) -> None:
+        _check_matmul_dtype(self.matmul_dtype)
 
     def prepare(self, x: Array) -> Array:
         return x
 
     def __call__(self, kernel: Array, x: Array) -> Array:
-        return jnp.matmul(x, kernel)
+        if self.matmul_dtype == "float32":
+            return jnp.matmul(x, kernel)
+        return matmul(x.reshape(-1, x.shape[-1]), kernel, self.matmul_dtype).reshape(*x.shape[:-1], kernel.shape[-1])
 
     def check(self, kernel: Array, x: Array) -> None:
         if jnp.ndim(kernel) != 2:
@@ -127,6 +213,8 @@ class Conv:
         ``"circular"`` pad ``x`` explicitly in :meth:`prepare` (as PyTorch's ``F.pad`` does in SoftHebb),
         so the rule sees exactly the padded input the forward pass used.
       feature_group_count: grouped convolution; ``in`` and ``out`` must both be divisible by it.
+      matmul_dtype: ``"bfloat16"``: the products (forward and cotangents) take bfloat16-rounded
+        inputs and accumulate in float32 (:func:`rounded_inputs`); ``"float32"`` (default).
       implementation: ``"xla"`` (``lax.conv_general_dilated``) or ``"patches"`` (extract patches,
         then one matrix product; 1.2-3.6x faster on CPU, ``benchmarks/bench_cpu_kernels.py``). The two are the
         same linear map. ``"auto"``: XLA's convolution off CPU; on CPU, the forward map by patches
@@ -143,6 +231,7 @@ class Conv:
     padding_mode: PaddingMode = struct.field(pytree_node=False, default="zeros")
     implementation: Literal["auto", "xla", "patches"] = struct.field(pytree_node=False, default="auto")
     kernel_rank: int = struct.field(pytree_node=False, default=4)
+    matmul_dtype: MatmulDtype = struct.field(pytree_node=False, default="float32")
 
     def __post_init__(self) -> None:
         # Hashable, canonical fields: the map is static (jit cache key) and YAML gives lists.
@@ -159,6 +248,7 @@ class Conv:
             raise ValueError("padding: 'SAME' is only supported with padding_mode='zeros'; give explicit ints")
         if self.implementation not in ("auto", "xla", "patches"):
             raise ValueError(f"implementation: expected 'auto', 'xla' or 'patches', got {self.implementation!r}")
+        _check_matmul_dtype(self.matmul_dtype)
 
     def _explicit_padding(self) -> tuple[tuple[int, int], tuple[int, int]] | str:
         if isinstance(self.padding, str):
@@ -189,44 +279,54 @@ class Conv:
         return self.implementation == "patches"
 
     def __call__(self, kernel: Array, x: Array) -> Array:
+        if self.matmul_dtype != "float32" and not (self._patches_forward(kernel) and self.feature_group_count == 1):
+            return rounded_inputs(self._map, self.matmul_dtype)(kernel, x)
+        return self._map(kernel, x)  # float32, or patches x kernel: one GEMM that rounds its own inputs
+
+    def _map(self, kernel: Array, x: Array, out: Any = None) -> Array:
+        """The convolution, its products returned as ``out`` (default: the inputs' type)."""
         use_patches = self._patches_forward(kernel)
         if self.implementation != "auto" or use_patches or jax.default_backend() != "cpu":
-            return self._apply(kernel, x, use_patches)
+            return self._apply(kernel, x, use_patches, out)
 
         # CPU, thin layer: XLA's convolution forward, patches for the kernel cotangent.
         @jax.custom_vjp
         def conv(kernel, x):
-            return self._apply(kernel, x, False)
+            return self._apply(kernel, x, False, out)
 
         def conv_fwd(kernel, x):
             return conv(kernel, x), (kernel, x)
 
         def conv_bwd(res, g):
             kernel, x = res
-            dk = jax.vjp(lambda w: self._apply(w, x, True), kernel)[1](g)[0]
-            dx = jax.vjp(lambda v: self._apply(kernel, v, False), x)[1](g)[0]
+            dk = jax.vjp(lambda w: self._apply(w, x, True, out), kernel)[1](g)[0]
+            dx = jax.vjp(lambda v: self._apply(kernel, v, False, out), x)[1](g)[0]
             return dk, dx
 
         conv.defvjp(conv_fwd, conv_bwd)
         return conv(kernel, x)
 
-    def _apply(self, kernel: Array, x: Array, use_patches: bool) -> Array:
+    def _apply(self, kernel: Array, x: Array, use_patches: bool, out: Any = None) -> Array:
         strides, dilation, groups = _pair(self.strides), _pair(self.dilation), self.feature_group_count
         if not use_patches:
             return jax.lax.conv_general_dilated(
                 x, kernel, window_strides=strides, padding=self._conv_padding(), rhs_dilation=dilation,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups, preferred_element_type=out,
             )
         kh, kw, cin_g, cout = kernel.shape
         patches = self.patches(x, (kh, kw))  # (b, ho, wo, kh * kw * cin), features ordered (kh, kw, c)
         b, ho, wo, _ = patches.shape
-        if groups == 1:  # one plain GEMM: the fast path
-            return (patches.reshape(-1, kh * kw * cin_g) @ kernel.reshape(kh * kw * cin_g, cout)).reshape(b, ho, wo, cout)
+        if groups == 1:  # one plain GEMM: the fast path, its inputs rounded here (:func:`matmul`)
+            p, w = patches.reshape(-1, kh * kw * cin_g), kernel.reshape(kh * kw * cin_g, cout)
+            u = matmul(p, w, self.matmul_dtype) if out is None else jnp.matmul(p, w, preferred_element_type=out)
+            return u.reshape(b, ho, wo, cout)
         patches = patches.reshape(b, ho, wo, kh * kw, groups, cin_g)
         patches = jnp.moveaxis(patches, 4, 3).reshape(b, ho, wo, groups, kh * kw * cin_g)
         w = kernel.reshape(kh, kw, cin_g, groups, cout // groups)
         w = jnp.moveaxis(w, 3, 0).reshape(groups, kh * kw * cin_g, cout // groups)
-        u = jnp.einsum("bhwgp,gpo->bhwgo", patches, w)
+        # in float32 from rounded inputs too: XLA's CPU batched product has no bfloat16 x bfloat16 -> float32
+        acc = jnp.promote_types(patches.dtype, jnp.float32)
+        u = jnp.einsum("bhwgp,gpo->bhwgo", patches.astype(acc), w.astype(acc)).astype(patches.dtype if out is None else out)
         return u.reshape(b, ho, wo, cout)
 
     def patches(self, x: Array, window: tuple[int, int]) -> Array:

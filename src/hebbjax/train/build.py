@@ -65,11 +65,11 @@ def activation_and_pool(b: BlockConfig, rule_reads_output: bool) -> tuple[Callab
     return activation(b.activation), pool_fn
 
 
-def block(b: BlockConfig) -> Block:
-    """The Flax block of one block config."""
+def block(b: BlockConfig, matmul_dtype: str = "float32") -> Block:
+    """The Flax block of one block config (``matmul_dtype``: ``model.matmul_dtype``)."""
     patch_sum = b.patch_sum_to if b.input_norm == "patch_sum" else None
     common = dict(use_bias=b.bias, log_weight=b.neuron == "log_weight", patch_sum_to=patch_sum, kernel_init=kernel_init(b),
-                  frozen=b.rule != "bp")
+                  frozen=b.rule != "bp", matmul_dtype=matmul_dtype)
     if b.layer == "conv":
         layer = functools.partial(HebbianConv, b.channels, b.kernel, b.stride, b.padding, b.padding_mode, b.dilation,
                                   b.groups, implementation=b.implementation, **common)
@@ -98,7 +98,7 @@ def block(b: BlockConfig) -> Block:
 def network(model: ModelConfig, num_classes: int, axis_name: str | None = None, whiten: bool = False) -> HebbianNetwork:
     """The network of a (resolved, :func:`hebbjax.config.resolve`) model config; ``whiten``: ZCA
     first (``data.whiten: zca``)."""
-    return HebbianNetwork(tuple(block(b) for b in model.blocks), num_classes, model.classifier_dropout, axis_name, whiten)
+    return HebbianNetwork(tuple(block(b, model.matmul_dtype) for b in model.blocks), num_classes, model.classifier_dropout, axis_name, whiten)
 
 
 def plastic_blocks(blocks: Sequence[BlockConfig]) -> tuple[int, ...]:
