@@ -239,7 +239,7 @@ def zca(images: Array, matrix: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Initialisers
+# Random draws (dropout, padded batches: the same per sample on any device count)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -356,6 +356,11 @@ class Dropout(nn.Module):
         key = threefry_key(self.make_rng("dropout"))
         mask = global_draw(lambda k, shape: keep_mask(k, keep, shape), key, x.shape, self.axis_name, rows)
         return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisers
+# ----------------------------------------------------------------------------------------------
 
 
 def radius_init(radius: float, gaussian: bool) -> Callable:
