@@ -79,74 +79,51 @@ def _check_matmul_dtype(value: str) -> None:
 
 
 def rounded_inputs(f: Callable[[Array, Array, Any], Array], matmul_dtype: MatmulDtype) -> Callable[[Array, Array], Array]:
-    """A bilinear map ``u = f(kernel, x, out_dtype)`` whose products take inputs rounded to ``matmul_dtype``.
+    """A bilinear map ``u = f(a, b, out_dtype)`` whose products take inputs rounded to ``matmul_dtype``.
 
-    ``u = f(round(kernel), round(x))``, accumulated and returned in the inputs' float type; the
-    cotangents ``dL/dkernel`` (the Hebbian correlation, backprop's weight gradient) and ``dL/dx``
-    are ``f``'s transposes at the rounded inputs applied to the rounded cotangent, computed in
-    the inputs' type (a transposed convolution in bfloat16 would also sum the overlapping
-    windows in bfloat16). For convolutions and grouped products; the plain matrix product of the
-    patches form is :func:`matmul`. ``"float32"``: ``f`` itself.
+    ``u = f(round(a), round(b))``, accumulated and returned in the inputs' float type; the
+    cotangents ``dL/da`` and ``dL/db`` (the Hebbian correlation, backprop's weight and input
+    gradients) are ``f``'s transposes at the rounded inputs applied to the rounded cotangent,
+    computed in the inputs' type: products of bfloat16 values are exact there, and a transposed
+    convolution in bfloat16 would also sum its overlapping windows in bfloat16. (JAX's own
+    derivative of the rounded map would round the correlation itself.) ``"float32"``: ``f``.
     """
     _check_matmul_dtype(matmul_dtype)
     low = _MATMUL_DTYPES[matmul_dtype]
     if low is None:
-        return lambda kernel, x: f(kernel, x, None)
+        return lambda a, b: f(a, b, None)
 
-    def apply(kernel: Array, x: Array) -> Array:
+    def apply(a: Array, b: Array) -> Array:
+        out = jnp.result_type(a, b)
+
         @jax.custom_vjp
-        def g(kernel, x):
-            return f(kernel.astype(low), x.astype(low), jnp.result_type(kernel, x))
+        def g(a, b):
+            return f(a.astype(low), b.astype(low), out)
 
-        def g_fwd(kernel, x):
-            return g(kernel, x), (kernel.astype(low), x.astype(low))
+        def g_fwd(a, b):
+            return g(a, b), (a.astype(low), b.astype(low))
 
         def g_bwd(res, ct):
-            k, v = (r.astype(jnp.result_type(kernel, x)) for r in res)  # exact: bfloat16 values in float32
-            dk, dv = jax.vjp(lambda k, v: f(k, v, None), k, v)[1](ct.astype(low).astype(ct.dtype))
-            return dk.astype(kernel.dtype), dv.astype(x.dtype)
+            a16, b16 = (r.astype(out) for r in res)  # exact: bfloat16 values in float32
+            da, db = jax.vjp(lambda a, b: f(a, b, None), a16, b16)[1](ct.astype(low).astype(ct.dtype))
+            return da.astype(a.dtype), db.astype(b.dtype)
 
         g.defvjp(g_fwd, g_bwd)
-        return g(kernel, x)
+        return g(a, b)
 
     return apply
 
 
 def matmul(a: Array, b: Array, matmul_dtype: MatmulDtype = "float32") -> Array:
-    """``a @ b`` for a 2-d ``a`` (rows x in) and ``b`` (in x out), its inputs rounded to ``matmul_dtype``.
+    """``a @ b``, its inputs rounded to ``matmul_dtype`` (:func:`rounded_inputs`).
 
-    ``"bfloat16"``: ``round(a) @ round(b)`` accumulated in float32 and returned in the inputs'
-    float type, and so are its cotangents, ``round(a)^T round(g)`` (the Hebbian correlation of a
-    layer, backprop's weight gradient) and ``round(g) round(b)^T``; weights, updates and
-    everything else stay float32. On an AVX-512 BF16 CPU, XLA runs the forward product at ~1.9x
-    the float32 rate; it converts the transposed products' operands to float32 (the same
-    numbers: a product of two bfloat16 values is exact in float32), so those run at float32's
-    rate (benchmarks/README.md). (JAX's own derivative of the rounded product would also round
-    the correlation itself to bfloat16.)
+    ``"bfloat16"``: ``round(a) @ round(b)`` accumulated in float32, and so are its cotangents
+    ``round(a)^T round(g)`` (a layer's Hebbian correlation) and ``round(g) round(b)^T``; weights,
+    updates and everything else stay float32. On an AVX-512 BF16 CPU, XLA runs the forward
+    product at ~1.9x the float32 rate; the transposed products of the cotangents run at
+    float32's (benchmarks/README.md).
     """
-    _check_matmul_dtype(matmul_dtype)
-    low = _MATMUL_DTYPES[matmul_dtype]
-    if low is None:
-        return jnp.matmul(a, b)
-    out = jnp.result_type(a, b)
-    rows, cols = (((1,), (0,)), ((), ())), (((0,), (0,)), ((), ()))
-
-    @jax.custom_vjp
-    def product(a, b):
-        return jax.lax.dot_general(a.astype(low), b.astype(low), rows, preferred_element_type=out)
-
-    def product_fwd(a, b):
-        return product(a, b), (a.astype(low), b.astype(low))
-
-    def product_bwd(res, g):
-        a16, b16 = res
-        g16 = g.astype(low)
-        da = jax.lax.dot_general(g16, b16, (((1,), (1,)), ((), ())), preferred_element_type=out)  # g b^T
-        db = jax.lax.dot_general(a16, g16, cols, preferred_element_type=out)  # a^T g
-        return da.astype(a.dtype), db.astype(b.dtype)
-
-    product.defvjp(product_fwd, product_bwd)
-    return product(a, b)
+    return rounded_inputs(lambda a, b, out: jnp.matmul(a, b, preferred_element_type=out), matmul_dtype)(a, b)
 
 
 @struct.dataclass
@@ -166,9 +143,7 @@ class Dense:
         return x
 
     def __call__(self, kernel: Array, x: Array) -> Array:
-        if self.matmul_dtype == "float32":
-            return jnp.matmul(x, kernel)
-        return matmul(x.reshape(-1, x.shape[-1]), kernel, self.matmul_dtype).reshape(*x.shape[:-1], kernel.shape[-1])
+        return matmul(x, kernel, self.matmul_dtype)
 
     def check(self, kernel: Array, x: Array) -> None:
         if jnp.ndim(kernel) != 2:
@@ -279,9 +254,7 @@ class Conv:
         return self.implementation == "patches"
 
     def __call__(self, kernel: Array, x: Array) -> Array:
-        if self.matmul_dtype != "float32" and not (self._patches_forward(kernel) and self.feature_group_count == 1):
-            return rounded_inputs(self._map, self.matmul_dtype)(kernel, x)
-        return self._map(kernel, x)  # float32, or patches x kernel: one GEMM that rounds its own inputs
+        return rounded_inputs(self._map, self.matmul_dtype)(kernel, x)
 
     def _map(self, kernel: Array, x: Array, out: Any = None) -> Array:
         """The convolution, its products returned as ``out`` (default: the inputs' type)."""
@@ -316,10 +289,9 @@ class Conv:
         kh, kw, cin_g, cout = kernel.shape
         patches = self.patches(x, (kh, kw))  # (b, ho, wo, kh * kw * cin), features ordered (kh, kw, c)
         b, ho, wo, _ = patches.shape
-        if groups == 1:  # one plain GEMM: the fast path, its inputs rounded here (:func:`matmul`)
+        if groups == 1:  # one plain GEMM: the fast path
             p, w = patches.reshape(-1, kh * kw * cin_g), kernel.reshape(kh * kw * cin_g, cout)
-            u = matmul(p, w, self.matmul_dtype) if out is None else jnp.matmul(p, w, preferred_element_type=out)
-            return u.reshape(b, ho, wo, cout)
+            return jnp.matmul(p, w, preferred_element_type=out).reshape(b, ho, wo, cout)
         patches = patches.reshape(b, ho, wo, kh * kw, groups, cin_g)
         patches = jnp.moveaxis(patches, 4, 3).reshape(b, ho, wo, groups, kh * kw * cin_g)
         w = kernel.reshape(kh, kw, cin_g, groups, cout // groups)
